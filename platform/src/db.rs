@@ -1,0 +1,99 @@
+//! The PostgreSQL pool. Start-up waits for the database (launch order must not matter), and the URL's
+//! password never reaches a log line.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The database part of a service's config.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DbConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Upper bound of pooled connections per process.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before answering 503.
+    pub acquire_timeout_ms: u64,
+    /// How long start-up keeps retrying an unreachable database before giving up.
+    pub startup_timeout_seconds: u64,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            url: String::new(),
+            max_connections: 10,
+            acquire_timeout_ms: 3000,
+            startup_timeout_seconds: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with its password replaced, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable database url>".into(),
+    }
+}
+
+/// Connects, retrying until `startup_timeout_seconds` so a service may start before its database.
+pub async fn connect(config: &DbConfig) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(&config.url)
+        .map_err(|e| anyhow::anyhow!("invalid database url {}: {e}", redact(&config.url)))?;
+    let pool_options = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(config.startup_timeout_seconds);
+    loop {
+        match pool_options.clone().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, url = %redact(&config.url), "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                anyhow::bail!("cannot reach the database at {}: {e}", redact(&config.url))
+            }
+        }
+    }
+}
+
+/// Readiness: the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("database: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        let red = redact("postgres://books:s3cret@127.0.0.1:5432/books");
+        assert!(!red.contains("s3cret"));
+        assert!(red.contains("books:***@127.0.0.1:5432/books"), "{red}");
+    }
+}

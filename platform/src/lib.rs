@@ -1,0 +1,17 @@
+//! What every bookstore process shares, and nothing else: configuration, telemetry, the HTTP server
+//! bootstrap (health, metrics, graceful shutdown), problem+json errors, request extractors that turn
+//! bad input into those errors, cursor pagination and the PostgreSQL pool.
+//!
+//! No business logic lives here; components build on it and talk to each other only over HTTP.
+
+pub mod config;
+pub mod db;
+pub mod extract;
+pub mod metrics;
+pub mod pagination;
+pub mod problem;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use problem::{ApiError, FieldError, Problem};

@@ -1,0 +1,284 @@
+//! HTTP server bootstrap shared by every process: bind first (so port 0 works and a busy port is a clear
+//! error), wrap the component's router in the standard layers, add `/health/*` and `/metrics`, serve
+//! until the shutdown token fires, then drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::problem::Problem;
+use crate::{extract, metrics};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The HTTP part of every component's config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port (the launcher reads it from `port_file`).
+    pub listen: String,
+    /// Largest request body accepted; larger bodies get 413.
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_seconds: u64,
+    /// When set, the bound address is written here once the server listens (for launchers and tests).
+    pub port_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:0".into(),
+            body_limit_bytes: 64 * 1024,
+            shutdown_grace_seconds: 10,
+            port_file: None,
+        }
+    }
+}
+
+/// Decides readiness; `Err` carries a short reason shown in the 503 body.
+pub type ReadyCheck =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// A ready check that is always ready (for processes without dependencies).
+pub fn always_ready() -> ReadyCheck {
+    Arc::new(|| Box::pin(async { Ok(()) }))
+}
+
+/// A bound, not yet serving, HTTP server.
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: HttpConfig,
+    draining: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Binds the listener; a busy port is one clear sentence.
+    pub async fn bind(config: &HttpConfig) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "{} is already in use: stop whatever listens there or choose another address",
+                    config.listen
+                )
+            } else {
+                anyhow::anyhow!("cannot listen on {}: {e}", config.listen)
+            }
+        })?;
+        let addr = listener.local_addr()?;
+        if let Some(path) = &config.port_file {
+            write_port_file(path, addr)?;
+        }
+        Ok(Server {
+            listener,
+            addr,
+            config: config.clone(),
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `api` with the standard layers until `shutdown` is cancelled, then stops accepting,
+    /// reports not-ready, and gives in-flight requests `shutdown_grace_seconds` to finish.
+    pub async fn serve(
+        self,
+        api: Router,
+        ready: ReadyCheck,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let app = with_standard_layers(api, ready, self.draining.clone(), &self.config);
+        let draining = self.draining.clone();
+        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
+        let signal = shutdown.clone();
+        let serve = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            signal.cancelled().await;
+            draining.store(true, Ordering::SeqCst);
+        });
+        let mut serve = std::pin::pin!(serve.into_future());
+        tokio::select! {
+            result = &mut serve => return Ok(result?),
+            _ = shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(grace, serve).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "in-flight requests outlived the grace period"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_port_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    // Write then rename, so a reader never sees half an address.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Wraps a component's router in what every process has: operations routes, problem+json fallbacks,
+/// body limit, request id, trace context, access log span, RED metrics and panic safety.
+pub fn with_standard_layers(
+    api: Router,
+    ready: ReadyCheck,
+    draining: Arc<AtomicBool>,
+    config: &HttpConfig,
+) -> Router {
+    let ops = Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route(
+            "/health/ready",
+            get(readiness).with_state((ready, draining)),
+        )
+        .route("/metrics", get(|| async { metrics::render() }));
+    // Layers run outside-in in the reverse of the order written: request id is set first, then the
+    // trace context, then the span that carries both, then metrics around the handler.
+    api.merge(ops)
+        .fallback(extract::no_route)
+        .method_not_allowed_fallback(extract::wrong_method)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(middleware::from_fn(metrics::record_red))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(log_response),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::from_fn(ensure_traceparent))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn readiness(State((ready, draining)): State<(ReadyCheck, Arc<AtomicBool>)>) -> Response {
+    if draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
+}
+
+fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "an unexpected error occurred; it has been logged",
+    )
+    .into_response()
+}
+
+fn request_span(request: &Request) -> tracing::Span {
+    let header = |name: &HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let traceparent = header(&TRACEPARENT);
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %header(&REQUEST_ID),
+        trace_id = %trace_id_of(&traceparent).unwrap_or_default(),
+    )
+}
+
+fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request served"
+    );
+}
+
+/// Gives every request a W3C `traceparent`: kept when a valid one arrives, else started here, so a
+/// request keeps one trace id across the gateway and the services it forwards to.
+async fn ensure_traceparent(mut request: Request, next: Next) -> Response {
+    let valid = request
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| trace_id_of(v).is_some());
+    if !valid {
+        let value = format!("00-{}-{}-01", random_hex(16), random_hex(8));
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
+    }
+    next.run(request).await
+}
+
+/// The trace id of a version-00 `traceparent`, if it is well formed and not all zeros.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = hex(version, 2)
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && parts.next().is_none()
+        && trace.bytes().any(|b| b != b'0');
+    ok.then_some(trace)
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_taken_only_from_well_formed_traceparents() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_of(good), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{bad}");
+        }
+    }
+}

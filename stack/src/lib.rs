@@ -1,0 +1,9 @@
+//! The local launcher and everything that starts real servers on loopback: PostgreSQL (as an
+//! unprivileged OS user when run as root), supervised `bookstore` component processes, and the
+//! operator commands `up`, `status` and `down`. The test harness (`testkit`) reuses the same code, so
+//! what tests start is what users run.
+
+pub mod os_user;
+pub mod ports;
+pub mod postgres;
+pub mod process;

@@ -1,0 +1,8 @@
+//! The test harness every test uses: real PostgreSQL servers and real `bookstore` processes on free
+//! loopback ports in temporary directories. Everything started here stops when its guard drops — also
+//! when a test panics — and, through a parent-death signal, even when the test process is killed.
+//! Tests run in parallel without clashing: each gets its own server, directory and ports.
+
+pub mod postgres;
+
+pub use postgres::TestPostgres;
