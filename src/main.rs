@@ -1,1 +1,145 @@
-fn main() {}
+//! `bookstore`: one binary for every component of the platform and for the operator commands.
+//! It only parses the command line and hands over to the component's library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "bookstore", version, about = "The bookstore platform: every component and the commands to run them.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the whole platform on loopback (PostgreSQL, registry, services, gateway) and supervise it.
+    Up(stack::up::UpArgs),
+    /// Show every process of a running platform with its health.
+    Status(stack::status::StatusArgs),
+    /// Stop a platform started by `bookstore up` in the background.
+    Down(stack::status::DownArgs),
+    /// Run the API gateway.
+    Gateway(ComponentArgs),
+    /// Run the service registry (a Consul HTTP API subset).
+    Discovery(ComponentArgs),
+    /// Run a books service instance.
+    Books(ComponentArgs),
+    /// Run an orders service instance.
+    Orders(ComponentArgs),
+}
+
+#[derive(clap::Args)]
+struct ComponentArgs {
+    /// A TOML config file; environment variables `BOOKSTORE_<SECTION>__<FIELD>` override it.
+    #[arg(long, env = "BOOKSTORE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// A service's own config plus where to register it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Registered<T> {
+    #[serde(flatten)]
+    service: T,
+    registry: discovery::client::RegistryConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+/// One clear sentence (with its causes), never a backtrace.
+fn fail(err: anyhow::Error) -> ExitCode {
+    eprintln!("bookstore: {err:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => stack::up::run(args).await,
+        Command::Status(args) => stack::status::run(args).await,
+        Command::Down(args) => stack::status::down(args).await,
+        Command::Gateway(args) => component("gateway", args, run_gateway).await,
+        Command::Discovery(args) => component("discovery", args, run_discovery).await,
+        Command::Books(args) => component("books", args, run_books).await,
+        Command::Orders(args) => component("orders", args, run_orders).await,
+    }
+}
+
+async fn component<F, Fut>(name: &str, args: ComponentArgs, body: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Option<PathBuf>, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    platform::telemetry::init();
+    platform::metrics::install(name);
+    let shutdown = platform::shutdown::on_signal();
+    let result = body(args.config, shutdown).await;
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "{name} stopped with an error");
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn run_gateway(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config: gateway::Config = platform::config::load(file.as_deref())?;
+    let app = gateway::Application::build(config, shutdown.clone()).await?;
+    tracing::info!(addr = %app.local_addr(), "gateway listening");
+    app.run_until_stopped(shutdown).await
+}
+
+async fn run_discovery(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config: discovery::server::Config = platform::config::load(file.as_deref())?;
+    discovery::server::run(config, shutdown).await
+}
+
+async fn run_books(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config: Registered<books::Config> = platform::config::load(file.as_deref())?;
+    let app = books::Application::build(config.service).await?;
+    let agent = register("books", app.local_addr(), config.registry, shutdown.clone());
+    let result = app.run_until_stopped(shutdown).await;
+    let _ = agent.await;
+    result
+}
+
+async fn run_orders(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config: Registered<orders::Config> = platform::config::load(file.as_deref())?;
+    let app = orders::Application::build(config.service).await?;
+    let agent = register("orders", app.local_addr(), config.registry, shutdown.clone());
+    let result = app.run_until_stopped(shutdown).await;
+    let _ = agent.await;
+    result
+}
+
+/// Registers the instance under `name-<port>` and keeps it registered until shutdown, when the agent
+/// deregisters it (before the listener stops, so the gateway stops sending traffic first).
+fn register(
+    name: &str,
+    addr: std::net::SocketAddr,
+    registry: discovery::client::RegistryConfig,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tracing::info!(%addr, "{name} listening");
+    let registration = discovery::client::Registration {
+        name: name.to_owned(),
+        id: format!("{name}-{}", addr.port()),
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        tags: Vec::new(),
+        meta: Default::default(),
+    };
+    discovery::client::spawn_agent(registry, registration, shutdown)
+}

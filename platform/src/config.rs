@@ -48,6 +48,7 @@ pub enum ConfigError {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type
 mod tests {
     use super::*;
     use serde::Deserialize;

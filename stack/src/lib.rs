@@ -3,7 +3,12 @@
 //! operator commands `up`, `status` and `down`. The test harness (`testkit`) reuses the same code, so
 //! what tests start is what users run.
 
+pub mod demo;
 pub mod os_user;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod signal;
+pub mod state;
+pub mod status;
+pub mod up;

@@ -3,6 +3,8 @@
 //! when a test panics — and, through a parent-death signal, even when the test process is killed.
 //! Tests run in parallel without clashing: each gets its own server, directory and ports.
 
+pub mod platform;
 pub mod postgres;
 
+pub use platform::TestPlatform;
 pub use postgres::TestPostgres;

@@ -1,0 +1,250 @@
+//! The proxy against real upstream HTTP servers on loopback: what it forwards, what it answers when an
+//! upstream is missing, down or slow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::any;
+use discovery::client::Instance;
+use gateway::config::{Config, UpstreamConfig};
+use gateway::forward::Forward;
+use gateway::proxy::{Proxy, router};
+use gateway::routes::RouteTable;
+use gateway::upstreams::Upstreams;
+use platform::server::{HttpConfig, Server, always_ready};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// An upstream that echoes what it received, tagged with its name.
+async fn echo_upstream(name: &'static str) -> anyhow::Result<SocketAddr> {
+    let app = Router::new().fallback(any(move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, request: Request| async move {
+        let method = request.method().to_string();
+        let uri = request.uri().to_string();
+        let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
+        let slow = headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok());
+        if let Some(ms) = slow {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        (
+            StatusCode::CREATED,
+            [("x-upstream", name), ("connection", "keep-alive")],
+            axum::Json(json!({
+                "upstream": name, "method": method, "uri": uri, "peer_is_gateway": peer.ip().is_loopback(),
+                "body": String::from_utf8_lossy(&body), "x_forwarded_for": header("x-forwarded-for"),
+                "x_forwarded_proto": header("x-forwarded-proto"), "x_request_id": header("x-request-id"),
+                "traceparent": header("traceparent"), "custom": header("x-custom"),
+            })),
+        )
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    Ok(addr)
+}
+
+fn instance(id: &str, addr: SocketAddr) -> Instance {
+    Instance {
+        id: id.into(),
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        tags: vec![],
+        meta: Default::default(),
+    }
+}
+
+/// A gateway serving the given instances of `books` (and none of `orders`); returns its base URL.
+async fn gateway(
+    books: Vec<Instance>,
+    upstream: UpstreamConfig,
+) -> anyhow::Result<(String, CancellationToken)> {
+    let config = Config::default();
+    let table = RouteTable::new(&config.routes)?;
+    let upstreams = Arc::new(Upstreams::fixed(vec![
+        ("books".into(), books),
+        ("orders".into(), vec![]),
+    ]));
+    let proxy = Proxy::new(table, upstreams, Forward::new(&upstream)?, 1024);
+    let http = HttpConfig {
+        listen: "127.0.0.1:0".into(),
+        body_limit_bytes: 1024,
+        ..HttpConfig::default()
+    };
+    let server = Server::bind(&http).await?;
+    let url = format!("http://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { server.serve(router(proxy), always_ready(), stop).await });
+    Ok((url, shutdown))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn a_request_reaches_the_upstream_with_method_path_query_body_and_forwarding_headers()
+-> anyhow::Result<()> {
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway(
+        vec![instance("books-a", upstream)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    let response = client()
+        .put(format!("{gw}/api/books/42?x=1&y=%20z"))
+        .header("x-custom", "kept")
+        .header("x-request-id", "rid-1")
+        .body("{\"hello\":\"world\"}")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201, "upstream status passes through");
+    assert_eq!(
+        response.headers()["x-upstream"],
+        "a",
+        "upstream headers pass through"
+    );
+    assert!(
+        !response.headers().contains_key("connection"),
+        "hop-by-hop headers are dropped"
+    );
+    let echo: Value = response.json().await?;
+    assert_eq!(echo["method"], "PUT");
+    assert_eq!(echo["uri"], "/api/books/42?x=1&y=%20z");
+    assert_eq!(echo["body"], "{\"hello\":\"world\"}");
+    assert_eq!(echo["custom"], "kept");
+    assert_eq!(
+        echo["x_request_id"], "rid-1",
+        "the request id travels downstream"
+    );
+    assert_eq!(echo["x_forwarded_for"], "127.0.0.1");
+    assert_eq!(echo["x_forwarded_proto"], "http");
+    assert!(
+        echo["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-")),
+        "a trace context is started"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_alternate_between_instances() -> anyhow::Result<()> {
+    let (a, b) = (echo_upstream("a").await?, echo_upstream("b").await?);
+    let (gw, _stop) = gateway(
+        vec![instance("books-a", a), instance("books-b", b)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let echo: Value = client()
+            .get(format!("{gw}/api/books"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        seen.push(echo["upstream"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(seen, vec!["a", "b", "a", "b"]);
+    Ok(())
+}
+
+async fn expect_problem(
+    response: reqwest::Response,
+    status: u16,
+) -> anyhow::Result<reqwest::header::HeaderMap> {
+    assert_eq!(response.status().as_u16(), status);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let body: Value = response.json().await?;
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    Ok(headers)
+}
+
+#[tokio::test]
+async fn a_service_without_instances_gets_503_with_retry_after() -> anyhow::Result<()> {
+    let (gw, _stop) = gateway(vec![], UpstreamConfig::default()).await?;
+    let response = client().get(format!("{gw}/api/customers/1")).send().await?;
+    let headers = expect_problem(response, 503).await?;
+    assert_eq!(headers["retry-after"], "1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_instance_that_refuses_connections_gets_502() -> anyhow::Result<()> {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?; // closed when dropped
+    let (gw, _stop) = gateway(
+        vec![instance("books-dead", dead)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    let response = client().get(format!("{gw}/api/books")).send().await?;
+    expect_problem(response, 502).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_instance_slower_than_the_timeout_gets_504() -> anyhow::Result<()> {
+    let upstream = echo_upstream("slow").await?;
+    let config = UpstreamConfig {
+        request_timeout_ms: 200,
+        ..UpstreamConfig::default()
+    };
+    let (gw, _stop) = gateway(vec![instance("books-slow", upstream)], config).await?;
+    let response = client()
+        .get(format!("{gw}/api/books"))
+        .header("x-test-delay-ms", "2000")
+        .send()
+        .await?;
+    expect_problem(response, 504).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_any_upstream_sees_it() -> anyhow::Result<()> {
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway(
+        vec![instance("books-a", upstream)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    let response = client()
+        .post(format!("{gw}/api/books"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await?;
+    expect_problem(response, 413).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unrouted_and_internal_paths_are_404_problems() -> anyhow::Result<()> {
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway(
+        vec![instance("books-a", upstream)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    for path in ["/internal/prepare", "/api/unknown", "/api", "/nothing"] {
+        let response = client().get(format!("{gw}{path}")).send().await?;
+        expect_problem(response, 404).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what the platform and its tests need and is missing on this machine (Debian with Rust and
+# the PostgreSQL 15 server binaries). Safe to run again: it only installs what is missing.
+#   scripts/setup.sh          what `bookstore up` needs
+#   scripts/setup.sh --test   plus what the test suite needs (newman for the Postman collection)
+set -euo pipefail
+
+want_test=false
+[[ "${1:-}" == "--test" ]] && want_test=true
+
+say() { echo "setup: $*" >&2; }
+die() { echo "setup: $*" >&2; exit 1; }
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"
+  else die "installing needs root: run as root, or run: $*"; fi
+}
+
+apt_updated=false
+apt_install() {
+  command -v apt-get >/dev/null || die "missing $*, and this is not a Debian machine: install $* yourself"
+  if ! $apt_updated; then
+    say "apt-get update"
+    as_root apt-get update -qq >/dev/null
+    apt_updated=true
+  fi
+  say "installing $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v cargo >/dev/null || die "cargo is missing: install Rust from https://rustup.rs, then run this again"
+
+pg_bin=""
+for dir in "${BOOKSTORE_PG_BIN:-}" /usr/lib/postgresql/17/bin /usr/lib/postgresql/16/bin /usr/lib/postgresql/15/bin; do
+  [[ -n "$dir" && -x "$dir/initdb" && -x "$dir/postgres" ]] && { pg_bin=$dir; break; }
+done
+if [[ -z "$pg_bin" ]] && ! command -v initdb >/dev/null; then
+  apt_install postgresql-15
+fi
+if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+  say "creating the unprivileged 'postgres' OS user the database runs as"
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+if $want_test; then
+  command -v npm >/dev/null || apt_install nodejs npm
+  if ! command -v newman >/dev/null; then
+    say "installing newman (runs the Postman collection)"
+    as_root npm install -g --no-audit --no-fund --loglevel=error newman@6 >/dev/null
+  fi
+fi

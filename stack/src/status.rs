@@ -1,0 +1,131 @@
+//! `bookstore status` (every process with its health) and `bookstore down` (stop a running `up`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::state::{ProcessInfo, State};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The directory `bookstore up` runs from.
+    #[arg(long, default_value = ".bookstore", env = "BOOKSTORE_DIR")]
+    pub dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DownArgs {
+    /// The directory `bookstore up` runs from.
+    #[arg(long, default_value = ".bookstore", env = "BOOKSTORE_DIR")]
+    pub dir: PathBuf,
+}
+
+/// How one process looks right now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub name: String,
+    pub pid: u32,
+    pub url: String,
+    /// `ready`, `not ready: <reason>`, `not answering` or `exited`.
+    pub health: String,
+    pub log: PathBuf,
+}
+
+fn not_running(dir: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the platform is not running from {} (no state.json): start it with `bookstore up`",
+        dir.display()
+    )
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let state = State::read(&args.dir)?.ok_or_else(|| not_running(&args.dir))?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut rows = Vec::new();
+    for process in &state.processes {
+        rows.push(Health {
+            name: process.name.clone(),
+            pid: process.pid,
+            url: process.url.clone(),
+            health: probe(&client, process).await,
+            log: process.log.clone(),
+        });
+    }
+    let healthy = rows.iter().all(|r| r.health == "ready");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "gateway {}   registry {}   supervisor pid {}",
+            state.gateway_url, state.registry_url, state.up_pid
+        );
+        println!("{:<12} {:>8}  {:<28} HEALTH", "PROCESS", "PID", "URL");
+        for row in &rows {
+            println!(
+                "{:<12} {:>8}  {:<28} {}",
+                row.name, row.pid, row.url, row.health
+            );
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn probe(client: &reqwest::Client, process: &ProcessInfo) -> String {
+    if !alive(process.pid) {
+        return "exited".into();
+    }
+    if process.kind == "postgres" {
+        let addr = process.url.trim_start_matches("postgres://");
+        return match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => "ready".into(),
+            Err(_) => "not answering".into(),
+        };
+    }
+    match client
+        .get(format!("{}/health/ready", process.url))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => "ready".into(),
+        Ok(r) => format!("not ready: {}", r.text().await.unwrap_or_default().trim()),
+        Err(_) => "not answering".into(),
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    pid != 0 && kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    let state = State::read(&args.dir)?.ok_or_else(|| not_running(&args.dir))?;
+    anyhow::ensure!(
+        alive(state.up_pid),
+        "the supervisor (pid {}) is gone; remove {} and start again",
+        state.up_pid,
+        State::path(&args.dir).display()
+    );
+    kill(Pid::from_raw(state.up_pid as i32), Signal::SIGTERM)?;
+    for _ in 0..600 {
+        if !alive(state.up_pid) {
+            println!("stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "the platform (pid {}) did not stop within 60 s",
+        state.up_pid
+    )
+}

@@ -1,0 +1,387 @@
+//! `bookstore up`: PostgreSQL, the registry, two books and two orders instances and the gateway on
+//! loopback, with progress, until Ctrl-C or SIGTERM stops everything in reverse order.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::os_user::{self, RunAs};
+use crate::postgres::{self, PgBinaries, PgServer, PgSettings, StartOptions};
+use crate::process::{ChildSpec, Supervised};
+use crate::state::{ProcessInfo, Secrets, State};
+use crate::{demo, ports};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where data, logs and state live.
+    #[arg(long, default_value = ".bookstore", env = "BOOKSTORE_DIR")]
+    pub dir: PathBuf,
+    /// The gateway's port (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub gateway_port: u16,
+    /// The registry's port (0 picks a free one).
+    #[arg(long, default_value_t = 8500)]
+    pub registry_port: u16,
+    /// Instances of each service.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub instances: u16,
+    /// Do not load demo data into an empty catalog.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Print nothing but errors (progress is also hidden when not on a terminal or under CI).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Everything started so far, so that a failure or a signal at any point stops exactly that.
+struct Running {
+    dir: PathBuf,
+    postgres: Option<PgServer>,
+    /// In start order; stopped in reverse.
+    children: Vec<(ProcessInfo, Supervised)>,
+    state: State,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let progress = progress_bar(args.quiet);
+    let dir = prepare_dir(&args.dir)?;
+    let _lock = lock_dir(&dir)?;
+    preflight(&args)?;
+    let mut running = Running {
+        dir: dir.clone(),
+        postgres: None,
+        children: Vec::new(),
+        state: State {
+            up_pid: std::process::id(),
+            ..State::default()
+        },
+    };
+    let signal = crate::signal::wait();
+    tokio::pin!(signal);
+    let started = tokio::select! {
+        result = start(&args, &mut running, &progress) => result,
+        _ = &mut signal => Err(anyhow::anyhow!("interrupted during start-up")),
+    };
+    progress.finish_and_clear();
+    let code = match started {
+        Ok(()) => {
+            if !args.quiet {
+                print_summary(&running.state);
+            }
+            supervise(&mut running, &mut signal).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bookstore: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    shutdown(running, args.quiet).await;
+    Ok(code)
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let hidden = quiet
+        || std::env::var_os("CI").is_some()
+        || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = ProgressBar::new(6);
+    if hidden {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    for sub in ["logs", "run", "pg"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+    }
+    Ok(std::fs::canonicalize(dir)?)
+}
+
+/// One `up` per directory: a second one would fight the first over the same data.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::create(dir.join("up.lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => anyhow::bail!(
+            "the platform is already running from {}: use `bookstore status` to see it or `bookstore down` to stop it",
+            dir.display()
+        ),
+    }
+}
+
+fn preflight(args: &UpArgs) -> anyhow::Result<()> {
+    PgBinaries::locate()?;
+    os_user::server_user()?;
+    for (port, what, flag) in [
+        (args.gateway_port, "gateway", "--gateway-port"),
+        (args.registry_port, "registry", "--registry-port"),
+    ] {
+        anyhow::ensure!(
+            port == 0 || ports::is_free(port),
+            "port {port} (for the {what}) is already in use: stop whatever listens there or pass {flag} <free port>"
+        );
+    }
+    Ok(())
+}
+
+async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the bookstore executable")?;
+    let secrets = Secrets::load_or_create(&running.dir)?;
+    step(progress, "starting PostgreSQL");
+    start_postgres(running, &secrets).await?;
+    step(progress, "starting the registry");
+    let registry = spawn(
+        running,
+        &exe,
+        "discovery",
+        "discovery",
+        &[(
+            "BOOKSTORE_HTTP__LISTEN",
+            format!("127.0.0.1:{}", args.registry_port),
+        )],
+    )
+    .await?;
+    running.state.registry_url = registry.clone();
+    step(progress, "starting books and orders instances");
+    let pg_port = running.state.postgres_port;
+    let services = [
+        (
+            "books",
+            format!(
+                "postgres://books:{}@127.0.0.1:{pg_port}/books",
+                secrets.books_db
+            ),
+        ),
+        (
+            "orders",
+            format!(
+                "postgres://orders:{}@127.0.0.1:{pg_port}/orders",
+                secrets.orders_db
+            ),
+        ),
+    ];
+    for (kind, db_url) in &services {
+        for n in 1..=args.instances {
+            let env = [
+                ("BOOKSTORE_HTTP__LISTEN", "127.0.0.1:0".to_string()),
+                ("BOOKSTORE_DB__URL", db_url.clone()),
+                ("BOOKSTORE_REGISTRY__URL", registry.clone()),
+            ];
+            spawn(running, &exe, &format!("{kind}-{n}"), kind, &env).await?;
+        }
+    }
+    step(progress, "starting the gateway");
+    let gateway = spawn(
+        running,
+        &exe,
+        "gateway",
+        "gateway",
+        &[
+            (
+                "BOOKSTORE_HTTP__LISTEN",
+                format!("127.0.0.1:{}", args.gateway_port),
+            ),
+            ("BOOKSTORE_REGISTRY__URL", registry.clone()),
+        ],
+    )
+    .await?;
+    running.state.gateway_url = gateway.clone();
+    step(progress, "checking demo data");
+    if !args.no_demo && demo::load_if_empty(&gateway, progress).await? {
+        tracing::info!("demo data loaded");
+    }
+    running.state.ready = true;
+    running.state.write(&running.dir)
+}
+
+fn step(progress: &ProgressBar, message: &'static str) {
+    progress.inc(1);
+    progress.set_message(message);
+}
+
+async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Result<()> {
+    let bins = PgBinaries::locate()?;
+    let run_as: Option<RunAs> = os_user::server_user()?;
+    let dir = &running.dir;
+    let data_dir = dir.join("pg/data");
+    os_user::hand_over(&dir.join("pg"), run_as)?;
+    if !data_dir.join("PG_VERSION").is_file() {
+        postgres::init_cluster(&bins, &data_dir, &secrets.postgres_superuser, run_as).await?;
+    }
+    stop_stale_postmaster(&data_dir).await;
+    let previous = State::read(dir).ok().flatten().map(|s| s.postgres_port);
+    let port = match previous {
+        Some(port) if port != 0 && ports::is_free(port) => port,
+        _ => ports::free_port()?,
+    };
+    let log_file = dir.join("logs/postgres.log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)?;
+    os_user::hand_over(&log_file, run_as)?;
+    let options = StartOptions {
+        data_dir,
+        socket_dir: dir.join("pg/run"),
+        log_file: log_file.clone(),
+        port,
+        superuser_password: secrets.postgres_superuser.clone(),
+        run_as,
+        settings: PgSettings::default(),
+        on_parent_death: nix::sys::signal::Signal::SIGINT,
+    };
+    let server = postgres::start(&bins, &options).await?;
+    server
+        .ensure_service_database("books", &secrets.books_db)
+        .await?;
+    server
+        .ensure_service_database("orders", &secrets.orders_db)
+        .await?;
+    running.state.postgres_port = port;
+    running.state.processes.push(ProcessInfo {
+        name: "postgres".into(),
+        kind: "postgres".into(),
+        pid: server.pid().unwrap_or(0),
+        url: format!("postgres://127.0.0.1:{port}"),
+        log: log_file,
+    });
+    running.postgres = Some(server);
+    running.state.write(dir)
+}
+
+/// A postmaster left behind by an `up` that was killed outright: ask it to stop before we start.
+async fn stop_stale_postmaster(data_dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).is_err() {
+        return;
+    }
+    for _ in 0..300 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts one component, waits for its address and readiness, and records it. Returns its base URL.
+async fn spawn(
+    running: &mut Running,
+    exe: &Path,
+    name: &str,
+    kind: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<String> {
+    let port_file = running.dir.join("run").join(format!("{name}.addr"));
+    let _ = std::fs::remove_file(&port_file);
+    let log = running.dir.join("logs").join(format!("{name}.log"));
+    let mut spec = ChildSpec::new(name, exe, &log)
+        .args([kind])
+        .env("BOOKSTORE_HTTP__PORT_FILE", port_file.display().to_string());
+    for (key, value) in env {
+        spec = spec.env(*key, value.clone());
+    }
+    let mut child = Supervised::spawn(&spec)?;
+    let result = async {
+        let addr = child
+            .wait_for_port_file(&port_file, Duration::from_secs(30))
+            .await?;
+        let url = format!("http://{addr}");
+        child
+            .wait_until_ready(&format!("{url}/health/ready"), Duration::from_secs(60))
+            .await?;
+        Ok::<_, anyhow::Error>(url)
+    }
+    .await;
+    let info = ProcessInfo {
+        name: name.into(),
+        kind: kind.into(),
+        pid: child.pid().unwrap_or(0),
+        url: result.as_ref().map(Clone::clone).unwrap_or_default(),
+        log,
+    };
+    running.state.processes.push(info.clone());
+    running.children.push((info, child));
+    let url = result?;
+    running.state.write(&running.dir)?;
+    Ok(url)
+}
+
+fn print_summary(state: &State) {
+    println!("The bookstore platform is up.");
+    println!("  gateway   {}/api/books", state.gateway_url);
+    println!("  registry  {}/v1/catalog/services", state.registry_url);
+    println!("  database  127.0.0.1:{}", state.postgres_port);
+    println!("  logs      .bookstore/logs/   status: bookstore status   stop: Ctrl-C");
+    println!(
+        "  demo login: {} / {}",
+        demo::CUSTOMERS[0].0,
+        demo::DEMO_PASSWORD
+    );
+}
+
+/// Runs until a signal; a child that exits is reported once and left down (no restart loop that
+/// would hide a crash).
+async fn supervise(
+    running: &mut Running,
+    signal: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = signal.as_mut() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (info, child) in &mut running.children {
+            if let Some(status) = child.exited()
+                && reported.insert(info.name.clone())
+            {
+                eprintln!(
+                    "bookstore: {} exited ({status}); see {}",
+                    info.name,
+                    info.log.display()
+                );
+            }
+        }
+    }
+}
+
+/// Stops the gateway first, then the services, the registry, and PostgreSQL last.
+async fn shutdown(mut running: Running, quiet: bool) {
+    if !quiet {
+        eprintln!("bookstore: stopping…");
+    }
+    while let Some((info, mut child)) = running.children.pop() {
+        if let Err(e) = child.stop(Duration::from_secs(15)).await {
+            eprintln!("bookstore: stopping {}: {e:#}", info.name);
+        }
+    }
+    if let Some(pg) = running.postgres.take()
+        && let Err(e) = pg.stop().await
+    {
+        eprintln!("bookstore: stopping PostgreSQL: {e:#}");
+    }
+    State::remove(&running.dir);
+    if !quiet {
+        eprintln!("bookstore: stopped");
+    }
+}
