@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "bookstore", version, about = "The bookstore platform: every component and the commands to run them.")]
+#[command(
+    name = "bookstore",
+    version,
+    about = "The bookstore platform: every component and the commands to run them."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,12 @@ async fn run_books(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow
 async fn run_orders(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config: Registered<orders::Config> = platform::config::load(file.as_deref())?;
     let app = orders::Application::build(config.service).await?;
-    let agent = register("orders", app.local_addr(), config.registry, shutdown.clone());
+    let agent = register(
+        "orders",
+        app.local_addr(),
+        config.registry,
+        shutdown.clone(),
+    );
     let result = app.run_until_stopped(shutdown).await;
     let _ = agent.await;
     result

@@ -85,7 +85,12 @@ pub fn decode_cursor<K: DeserializeOwned>(cursor: &str) -> Result<K, ApiError> {
     let invalid =
         || ApiError::BadRequest("cursor is not one this API issued; start again without it".into());
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    serde_json::from_slice(&bytes).map_err(|_| invalid())
+    // PostgreSQL rejects NUL in text; a forged cursor carrying one must be a 400, not a failed query.
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+    if text.contains("\\u0000") {
+        return Err(invalid());
+    }
+    serde_json::from_str(text).map_err(|_| invalid())
 }
 
 #[cfg(test)]
@@ -122,7 +127,8 @@ mod tests {
         let cursor = encode_cursor(&key);
         let req: PageRequest<(String, i64)> = query(None, Some(&cursor)).parse().expect("valid");
         assert_eq!(req.after, Some(key));
-        for bad in ["!!!", "bm90IGpzb24", &encode_cursor(&"a string")] {
+        let nul = encode_cursor(&("a\0b".to_string(), 1_i64));
+        for bad in ["!!!", "bm90IGpzb24", &encode_cursor(&"a string"), &nul] {
             assert!(
                 query(None, Some(bad)).parse::<(String, i64)>().is_err(),
                 "{bad}"

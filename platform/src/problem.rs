@@ -190,19 +190,40 @@ impl IntoResponse for ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
-    /// A database that cannot be reached is a 503 the client may retry; anything else unexpected is a
-    /// 500. Constraint violations a handler expects are mapped where the query runs, not here.
+    /// A database that cannot be reached, is shutting down or failing over, or that aborted the
+    /// transaction for a conflict the client may simply retry is a 503 with `Retry-After`; anything
+    /// else unexpected is a 500. Constraint violations a handler expects are mapped where the query
+    /// runs, not here.
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %err, "database unavailable");
-                ApiError::Unavailable {
-                    detail: "the database is unavailable; try again shortly".into(),
-                    retry_after: 1,
-                }
-            }
-            _ => ApiError::Internal(anyhow::Error::new(err).context("database query failed")),
+        if is_transient(&err) {
+            tracing::warn!(error = %err, "database unavailable or transaction conflict");
+            return ApiError::Unavailable {
+                detail: "the database is unavailable or busy; try again shortly".into(),
+                retry_after: 1,
+            };
         }
+        ApiError::Internal(anyhow::Error::new(err).context("database query failed"))
+    }
+}
+
+/// Whether retrying later may succeed: connection loss, pool exhaustion, server shutdown or
+/// recovery (SQLSTATE class 08, 57P01–57P03), read-only after a failover (25006), serialization
+/// failure and deadlock (40001, 40P01).
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
     }
 }
 
@@ -253,6 +274,15 @@ mod tests {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = body_of(response).await;
         assert!(!body.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn lost_connections_are_transient_and_missing_rows_are_not() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_transient(&io));
+        assert!(matches!(ApiError::from(io), ApiError::Unavailable { .. }));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(matches!(ApiError::from(sqlx::Error::RowNotFound), ApiError::Internal(_)));
     }
 
     #[tokio::test]

@@ -160,18 +160,20 @@ pub fn with_standard_layers(
         )
         .route("/metrics", get(|| async { metrics::render() }));
     // Layers run outside-in in the reverse of the order written: request id is set first, then the
-    // trace context, then the span that carries both, then metrics around the handler.
-    api.merge(ops)
-        .fallback(extract::no_route)
+    // trace context, then the span that carries both, then metrics around the handler. Health and
+    // metrics routes are merged after the access log and RED layers: probes every second would
+    // drown the requests that matter.
+    api.fallback(extract::no_route)
         .method_not_allowed_fallback(extract::wrong_method)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(middleware::from_fn(metrics::record_red))
-        .layer(CatchPanicLayer::custom(panic_problem))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_response(log_response),
         )
+        .merge(ops)
+        .layer(CatchPanicLayer::custom(panic_problem))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(middleware::from_fn(ensure_traceparent))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

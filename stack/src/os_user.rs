@@ -41,3 +41,26 @@ pub fn hand_over(path: &Path, user: Option<RunAs>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Lets `user` reach `dir` (which we own) and checks it can pass every directory above it. A
+/// private temporary directory (mode 0700) gains the "others may pass through" bit only — not read.
+pub fn make_reachable(dir: &Path, user: Option<RunAs>) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(user) = user else { return Ok(()) };
+    let dir = std::fs::canonicalize(dir)?;
+    let mode = std::fs::metadata(&dir)?.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o001))?;
+    }
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor)?;
+        let passable = meta.mode() & 0o001 != 0 || meta.uid() == user.uid;
+        anyhow::ensure!(
+            passable,
+            "the database user cannot reach {}: {} is private; use a --dir outside it or run as a normal user",
+            dir.display(),
+            ancestor.display()
+        );
+    }
+    Ok(())
+}

@@ -72,6 +72,7 @@ impl Default for PgSettings {
 
 /// Creates a new cluster in `data_dir` (which must not exist yet): superuser `postgres` with
 /// `password`, password (SCRAM) authentication over TCP, trust only on the private Unix socket.
+/// `C.UTF-8`: byte-order sorting like `C`, but `lower()` and text search fold non-ASCII letters.
 pub async fn init_cluster(
     bins: &PgBinaries,
     data_dir: &Path,
@@ -97,7 +98,7 @@ pub async fn init_cluster(
             "--encoding",
             "UTF8",
             "--locale",
-            "C",
+            "C.UTF-8",
         ])
         .args(["--auth-local", "trust", "--auth-host", "scram-sha-256"])
         .arg(format!("--pwfile={}", pwfile.display()));

@@ -64,8 +64,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "gateway {}   registry {}   supervisor pid {}",
-            state.gateway_url, state.registry_url, state.up_pid
+            "supervisor pid {}   gateway {}   registry {}",
+            state.up_pid, state.gateway_url, state.registry_url
         );
         println!("{:<12} {:>8}  {:<28} HEALTH", "PROCESS", "PID", "URL");
         for row in &rows {

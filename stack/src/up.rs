@@ -69,7 +69,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let code = match started {
         Ok(()) => {
             if !args.quiet {
-                print_summary(&running.state);
+                print_summary(&running.state, &dir);
             }
             supervise(&mut running, &mut signal).await;
             ExitCode::SUCCESS
@@ -214,6 +214,7 @@ async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Res
     let run_as: Option<RunAs> = os_user::server_user()?;
     let dir = &running.dir;
     let data_dir = dir.join("pg/data");
+    os_user::make_reachable(dir, run_as)?;
     os_user::hand_over(&dir.join("pg"), run_as)?;
     if !data_dir.join("PG_VERSION").is_file() {
         postgres::init_cluster(&bins, &data_dir, &secrets.postgres_superuser, run_as).await?;
@@ -326,12 +327,16 @@ async fn spawn(
     Ok(url)
 }
 
-fn print_summary(state: &State) {
+fn print_summary(state: &State, dir: &Path) {
     println!("The bookstore platform is up.");
     println!("  gateway   {}/api/books", state.gateway_url);
     println!("  registry  {}/v1/catalog/services", state.registry_url);
     println!("  database  127.0.0.1:{}", state.postgres_port);
-    println!("  logs      .bookstore/logs/   status: bookstore status   stop: Ctrl-C");
+    println!("  logs      {}/", dir.join("logs").display());
+    println!(
+        "  status    bookstore status --dir {}   stop: Ctrl-C",
+        dir.display()
+    );
     println!(
         "  demo login: {} / {}",
         demo::CUSTOMERS[0].0,

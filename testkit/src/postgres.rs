@@ -12,7 +12,7 @@ use stack::postgres::{self, PgBinaries, PgServer, PgSettings, PortInUse, StartOp
 /// The superuser password of every test cluster; they listen on loopback only and live for one test.
 const TEST_PASSWORD: &str = "testkit";
 /// Bump when the template's initdb options change, so stale caches are not reused.
-const TEMPLATE_VERSION: &str = "v1";
+const TEMPLATE_VERSION: &str = "v2";
 
 /// A running PostgreSQL server owned by one test.
 pub struct TestPostgres {

@@ -13,18 +13,38 @@ async fn status_lists_every_process_as_ready() -> anyhow::Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    for name in ["postgres", "discovery", "books-1", "books-2", "orders-1", "orders-2", "gateway"] {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+    for name in [
+        "postgres",
+        "discovery",
+        "books-1",
+        "books-2",
+        "orders-1",
+        "orders-2",
+        "gateway",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default();
         assert!(line.ends_with("ready"), "{name}: {line:?}\n{text}");
     }
     Ok(())
 }
 
 #[tokio::test]
-async fn a_second_up_in_the_same_directory_or_on_a_busy_port_explains_itself() -> anyhow::Result<()> {
+async fn a_second_up_in_the_same_directory_or_on_a_busy_port_explains_itself() -> anyhow::Result<()>
+{
     let platform = start().await?;
     let second = Command::new(bookstore())
-        .args(["up", "--quiet", "--gateway-port", "0", "--registry-port", "0", "--dir"])
+        .args([
+            "up",
+            "--quiet",
+            "--gateway-port",
+            "0",
+            "--registry-port",
+            "0",
+            "--dir",
+        ])
         .arg(platform.dir())
         .output()?;
     assert!(!second.status.success());
@@ -32,23 +52,45 @@ async fn a_second_up_in_the_same_directory_or_on_a_busy_port_explains_itself() -
     assert!(stderr.contains("already running"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
 
-    let busy_port = platform.gateway_url().rsplit(':').next().unwrap_or_default().to_owned();
+    let busy_port = platform
+        .gateway_url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let other_dir = tempfile::tempdir()?;
     let busy = Command::new(bookstore())
-        .args(["up", "--quiet", "--registry-port", "0", "--gateway-port", &busy_port, "--dir"])
+        .args([
+            "up",
+            "--quiet",
+            "--registry-port",
+            "0",
+            "--gateway-port",
+            &busy_port,
+            "--dir",
+        ])
         .arg(other_dir.path())
         .output()?;
     assert!(!busy.status.success());
     let stderr = String::from_utf8_lossy(&busy.stderr);
-    assert!(stderr.contains(&format!("port {busy_port}")) && stderr.contains("already in use"), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {busy_port}")) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
     Ok(())
 }
 
 #[test]
 fn status_without_a_running_platform_says_how_to_start_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let output = Command::new(bookstore()).args(["status", "--dir"]).arg(dir.path()).output()?;
+    let output = Command::new(bookstore())
+        .args(["status", "--dir"])
+        .arg(dir.path())
+        .output()?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bookstore up"), "{stderr}");

@@ -29,8 +29,10 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
     // Create, read with ETag, update with If-Match, stale update refused.
     let created = client
         .post(format!("{gw}/api/books"))
-        .json(&json!({"isbn": "978-0-306-40615-7", "title": "Gateway Testing", "author": "E. Tester",
-                      "genre": "technical", "price_cents": 1999, "stock": 3}))
+        .json(
+            &json!({"isbn": "978-0-306-40615-7", "title": "Gateway Testing", "author": "E. Tester",
+                      "genre": "technical", "price_cents": 1999, "stock": 3}),
+        )
         .send()
         .await?;
     assert_eq!(created.status(), 201);
@@ -83,7 +85,10 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
         .await?;
     assert_eq!(orders["items"], json!([]));
     let unknown_order = client
-        .get(format!("{gw}/api/orders/{}", book["id"].as_str().unwrap_or_default()))
+        .get(format!(
+            "{gw}/api/orders/{}",
+            book["id"].as_str().unwrap_or_default()
+        ))
         .send()
         .await?;
     expect_problem(unknown_order, 404).await;
@@ -91,7 +96,8 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
 }
 
 #[tokio::test]
-async fn the_gateway_answers_unroutable_and_oversize_requests_with_problems() -> anyhow::Result<()> {
+async fn the_gateway_answers_unroutable_and_oversize_requests_with_problems() -> anyhow::Result<()>
+{
     let platform = start().await?;
     let gw = platform.gateway_url();
     let client = client();
@@ -129,17 +135,27 @@ async fn requests_carry_a_request_id_and_are_spread_over_both_instances() -> any
         .await?;
     assert_eq!(response.headers()["x-request-id"], "e2e-request-42");
     let fresh = client.get(format!("{gw}/api/books?limit=1")).send().await?;
-    assert!(fresh.headers().contains_key("x-request-id"), "the gateway assigns one when absent");
+    assert!(
+        fresh.headers().contains_key("x-request-id"),
+        "the gateway assigns one when absent"
+    );
 
     let before = list_requests_per_instance(&client, &platform).await?;
     for _ in 0..20 {
-        client.get(format!("{gw}/api/books?limit=1")).send().await?.error_for_status()?;
+        client
+            .get(format!("{gw}/api/books?limit=1"))
+            .send()
+            .await?
+            .error_for_status()?;
     }
     let after = list_requests_per_instance(&client, &platform).await?;
     let served: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(served.len(), 2);
     assert_eq!(served.iter().sum::<f64>(), 20.0, "{served:?}");
-    assert!(served.iter().all(|n| *n >= 5.0), "round robin spreads the load: {served:?}");
+    assert!(
+        served.iter().all(|n| *n >= 5.0),
+        "round robin spreads the load: {served:?}"
+    );
     Ok(())
 }
 
@@ -150,10 +166,19 @@ async fn list_requests_per_instance(
 ) -> anyhow::Result<Vec<f64>> {
     let mut counts = Vec::new();
     for instance in platform.processes("books") {
-        let text = client.get(format!("{}/metrics", instance.url)).send().await?.text().await?;
+        let text = client
+            .get(format!("{}/metrics", instance.url))
+            .send()
+            .await?
+            .text()
+            .await?;
         let count = text
             .lines()
-            .filter(|l| l.starts_with("http_requests_total{") && l.contains("route=\"/api/books\"") && l.contains("method=\"GET\""))
+            .filter(|l| {
+                l.starts_with("http_requests_total{")
+                    && l.contains("route=\"/api/books\"")
+                    && l.contains("method=\"GET\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         counts.push(count);

@@ -16,36 +16,52 @@ fn alive(pid: u32) -> bool {
 #[tokio::test]
 async fn sigterm_stops_every_process_and_a_restart_reuses_the_data() -> anyhow::Result<()> {
     let mut platform = start().await?;
-    let dir = platform.keep_dir().ok_or_else(|| anyhow::anyhow!("no temp dir"))?;
+    let dir = platform
+        .keep_dir()
+        .ok_or_else(|| anyhow::anyhow!("no temp dir"))?;
     let client = client();
     let gw = platform.gateway_url().to_owned();
     let created = client
         .post(format!("{gw}/api/books"))
-        .json(&json!({"isbn": "9780306406157", "title": "Survives Restarts", "author": "A. Keeper",
-                      "genre": "technical", "price_cents": 100, "stock": 1}))
+        .json(
+            &json!({"isbn": "9780306406157", "title": "Survives Restarts", "author": "A. Keeper",
+                      "genre": "technical", "price_cents": 100, "stock": 1}),
+        )
         .send()
         .await?;
     assert_eq!(created.status(), 201);
     let count_before = all_books(&client, &gw).await?.len();
     let pids: Vec<u32> = platform.state().processes.iter().map(|p| p.pid).collect();
-    assert_eq!(pids.len(), 7, "postgres, registry, 2 books, 2 orders, gateway");
+    assert_eq!(
+        pids.len(),
+        7,
+        "postgres, registry, 2 books, 2 orders, gateway"
+    );
     assert!(pids.iter().all(|pid| alive(*pid)));
 
     let status = platform.stop().await?;
-    assert!(status.success(), "bookstore up exits cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "bookstore up exits cleanly on SIGTERM: {status}"
+    );
     let leftovers: Vec<u32> = pids.into_iter().filter(|pid| alive(*pid)).collect();
     assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
 
     let again = testkit::TestPlatform::start_in(bookstore(), dir.path()).await?;
     let books = all_books(&client, again.gateway_url()).await?;
-    assert_eq!(books.len(), count_before, "no demo data loaded twice, nothing lost");
+    assert_eq!(
+        books.len(),
+        count_before,
+        "no demo data loaded twice, nothing lost"
+    );
     assert!(books.iter().any(|b| b["title"] == "Survives Restarts"));
     drop(again);
     Ok(())
 }
 
 #[tokio::test]
-async fn an_instance_that_stops_leaves_the_rotation_and_the_gateway_keeps_serving() -> anyhow::Result<()> {
+async fn an_instance_that_stops_leaves_the_rotation_and_the_gateway_keeps_serving()
+-> anyhow::Result<()> {
     let platform = start().await?;
     let client = client();
     let gw = platform.gateway_url();
@@ -55,7 +71,10 @@ async fn an_instance_that_stops_leaves_the_rotation_and_the_gateway_keeps_servin
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let healthy: serde_json::Value = client
-            .get(format!("{}/v1/health/service/books?passing", platform.registry_url()))
+            .get(format!(
+                "{}/v1/health/service/books?passing",
+                platform.registry_url()
+            ))
             .send()
             .await?
             .json()
@@ -63,7 +82,10 @@ async fn an_instance_that_stops_leaves_the_rotation_and_the_gateway_keeps_servin
         if healthy.as_array().map(Vec::len) == Some(1) {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "instance still registered: {healthy}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "instance still registered: {healthy}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -50,7 +50,13 @@ pub async fn all_books(client: &reqwest::Client, gateway: &str) -> anyhow::Resul
     let mut books = Vec::new();
     let mut url = format!("{gateway}/api/books?limit=100");
     loop {
-        let page: Value = client.get(&url).send().await?.error_for_status()?.json().await?;
+        let page: Value = client
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
         books.extend(page["items"].as_array().cloned().unwrap_or_default());
         match page["next_cursor"].as_str() {
             Some(cursor) => url = format!("{gateway}/api/books?limit=100&cursor={cursor}"),

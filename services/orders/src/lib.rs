@@ -1,1 +1,140 @@
+//! The customers-and-orders service: sign-up, credit top-ups and reading orders. It owns the `orders`
+//! database and applies its migrations at start-up.
+//!
+//! The `bookstore` binary loads a [`Config`], calls [`Application::build`] and then
+//! [`Application::run_until_stopped`]; registering with discovery is the caller's job.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context;
+use platform::db::DbConfig;
+use platform::server::{HttpConfig, ReadyCheck, Server};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub mod domain;
+pub mod http;
+
+pub use http::{AppState, router};
+
+/// Everything the service needs to start; every field has a default so no file is required.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    /// Where to listen, body size limit and shutdown grace period.
+    pub http: HttpConfig,
+    /// The `orders` database: URL of the service's own role, pool size and timeouts.
+    pub db: DbConfig,
+    /// Limits on customer credit, so a typo or a hostile client cannot mint unbounded money.
+    pub credit: CreditConfig,
+}
+
+/// Bounds on credit top-ups, in cents.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreditConfig {
+    /// Largest single top-up (default 1 000 000 = $10,000); larger amounts get 422.
+    pub max_topup_cents: i64,
+    /// Largest balance a customer may hold (default 100 000 000 000 = $1,000,000,000); a top-up that
+    /// would exceed it gets 422. Also keeps every sum far from `bigint` overflow.
+    pub max_balance_cents: i64,
+}
+
+impl Default for CreditConfig {
+    fn default() -> Self {
+        CreditConfig {
+            max_topup_cents: 1_000_000,
+            max_balance_cents: 100_000_000_000,
+        }
+    }
+}
+
+impl CreditConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_topup_cents > 0 && self.max_balance_cents > 0,
+            "credit.max_topup_cents and credit.max_balance_cents must be positive, got {self:?}"
+        );
+        Ok(())
+    }
+}
+
+/// A service that has connected, migrated and bound its port, ready to serve.
+pub struct Application {
+    server: Server,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to the database (waiting for it if it is still starting), applies the migrations
+    /// and binds the listener, so a port of 0 is resolved before [`Application::local_addr`].
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        config.credit.validate()?;
+        let pool = platform::db::connect(&config.db).await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context("Failed to apply the orders database migrations")?;
+        let server = Server::bind(&config.http).await?;
+        Ok(Application {
+            server,
+            state: AppState::new(pool, config.credit),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled; ready while the database answers. Closes the pool after
+    /// the last request has drained.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let pool = self.state.pool.clone();
+        let result = self
+            .server
+            .serve(
+                router(self.state),
+                ready_when_db_answers(pool.clone()),
+                shutdown,
+            )
+            .await;
+        pool.close().await;
+        result
+    }
+}
+
+fn ready_when_db_answers(pool: sqlx::PgPool) -> ReadyCheck {
+    Arc::new(move || {
+        let pool = pool.clone();
+        let check: Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
+            Box::pin(async move { platform::db::ping(&pool).await });
+        check
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_load_through_the_platform_config_loader() -> anyhow::Result<()> {
+        let config: Config = platform::config::load(None)?;
+        assert_eq!(config.credit.max_topup_cents, 1_000_000);
+        assert_eq!(config.credit.max_balance_cents, 100_000_000_000);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_non_positive_credit_limit_is_refused_before_anything_starts() {
+        let mut config = Config::default();
+        config.credit.max_topup_cents = 0;
+        let err = Application::build(config)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("max_topup_cents")));
+    }
+}

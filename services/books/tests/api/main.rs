@@ -1,0 +1,12 @@
+//! Integration tests: the real application on a random port against a real, throw-away PostgreSQL,
+//! driven over HTTP the way clients drive it. One binary, so everything is compiled and linked once.
+
+mod create;
+mod delete;
+mod helpers;
+mod list;
+mod ops;
+mod read;
+mod search;
+mod update;
+mod validation;

@@ -1,0 +1,154 @@
+//! Reading orders: one by id, and a customer's orders newest first.
+//!
+//! Pages are keyset-paginated on `(created_at, id)`, the order of the `orders_customer_created_idx`
+//! index, so a page costs the same however deep it is and rows inserted meanwhile shift nothing.
+
+use std::collections::HashMap;
+
+use anyhow::anyhow;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use platform::ApiError;
+use platform::extract::{Json, Path, Query};
+use platform::pagination::{Page, PageQuery, PageRequest};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{AppState, customer_not_found};
+use crate::domain::{Order, OrderLine, OrderMode, OrderStatus};
+
+/// The sort key a cursor carries: the last order shown.
+type OrderKey = (DateTime<Utc>, Uuid);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/orders/{id}", get(get_order))
+        .route("/api/customers/{id}/orders", get(list_customer_orders))
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>, ApiError> {
+    let row: OrderRow = sqlx::query_as(
+        "SELECT id, customer_id, mode, status, total_cents, reason, created_at, updated_at
+         FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no order has the id {id}")))?;
+    let mut orders = with_lines(&state.pool, vec![row]).await?;
+    orders
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::Internal(anyhow!("an order vanished while its lines were read")))
+}
+
+/// `GET /api/customers/{id}/orders?limit&cursor`: 404 for an unknown customer, even with no orders.
+async fn list_customer_orders(
+    State(state): State<AppState>,
+    Path(customer_id): Path<Uuid>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<Order>>, ApiError> {
+    let page: PageRequest<OrderKey> = query.parse()?;
+    ensure_customer_exists(&state.pool, customer_id).await?;
+    let (after_time, after_id) = page.after.unzip();
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, customer_id, mode, status, total_cents, reason, created_at, updated_at
+         FROM orders
+         WHERE customer_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $4",
+    )
+    .bind(customer_id)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let orders = with_lines(&state.pool, rows).await?;
+    Ok(Json(Page::from_rows(orders, page.limit, |o| {
+        (o.created_at, o.id)
+    })))
+}
+
+async fn ensure_customer_exists(pool: &PgPool, id: Uuid) -> Result<(), ApiError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(customer_not_found(id))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    customer_id: Uuid,
+    mode: String,
+    status: String,
+    total_cents: i64,
+    reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    order_id: Uuid,
+    book_id: Uuid,
+    quantity: i32,
+    price_cents: i64,
+}
+
+/// Loads the lines of all `rows` in one query and assembles the orders, keeping the rows' order.
+async fn with_lines(pool: &PgPool, rows: Vec<OrderRow>) -> Result<Vec<Order>, ApiError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let lines: Vec<LineRow> = sqlx::query_as(
+        "SELECT order_id, book_id, quantity, price_cents FROM order_lines
+         WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut by_order: HashMap<Uuid, Vec<OrderLine>> = HashMap::new();
+    for line in lines {
+        by_order.entry(line.order_id).or_default().push(OrderLine {
+            book_id: line.book_id,
+            quantity: line.quantity,
+            price_cents: line.price_cents,
+        });
+    }
+    rows.into_iter()
+        .map(|row| {
+            let lines = by_order.remove(&row.id).unwrap_or_default();
+            assemble(row, lines)
+        })
+        .collect()
+}
+
+/// The CHECK constraints make unknown modes and statuses impossible; meeting one is a bug (500).
+fn assemble(row: OrderRow, lines: Vec<OrderLine>) -> Result<Order, ApiError> {
+    let mode = OrderMode::parse(&row.mode)
+        .ok_or_else(|| anyhow!("order {} has unknown mode {:?}", row.id, row.mode))?;
+    let status = OrderStatus::parse(&row.status)
+        .ok_or_else(|| anyhow!("order {} has unknown status {:?}", row.id, row.status))?;
+    Ok(Order {
+        id: row.id,
+        customer_id: row.customer_id,
+        mode,
+        status,
+        lines,
+        total_cents: row.total_cents,
+        reason: row.reason,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real service on a random port over a fresh PostgreSQL per test.
+
+mod bad_input;
+mod credit;
+mod customers;
+mod database;
+mod helpers;
+mod idempotency;
+mod orders;
+mod sign_up;
