@@ -282,7 +282,10 @@ mod tests {
         assert!(is_transient(&io));
         assert!(matches!(ApiError::from(io), ApiError::Unavailable { .. }));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
-        assert!(matches!(ApiError::from(sqlx::Error::RowNotFound), ApiError::Internal(_)));
+        assert!(matches!(
+            ApiError::from(sqlx::Error::RowNotFound),
+            ApiError::Internal(_)
+        ));
     }
 
     #[tokio::test]

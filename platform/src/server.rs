@@ -173,6 +173,7 @@ pub fn with_standard_layers(
                 .on_response(log_response),
         )
         .merge(ops)
+        .layer(middleware::map_response(close_after_refused_body))
         .layer(CatchPanicLayer::custom(panic_problem))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(middleware::from_fn(ensure_traceparent))
@@ -187,6 +188,17 @@ async fn readiness(State((ready, draining)): State<(ReadyCheck, Arc<AtomicBool>)
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
+}
+
+/// A body refused as too large is left unread, so the connection cannot carry another request:
+/// say so, or the client reuses it from its pool and its next request fails.
+async fn close_after_refused_body(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
