@@ -45,12 +45,25 @@ struct ComponentArgs {
 }
 
 /// A service's own config plus where to register it.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(default)]
 struct Registered<T> {
     #[serde(flatten)]
     service: T,
     registry: discovery::client::RegistryConfig,
+    /// After deregistering on shutdown, how long to keep serving so that watchers (the gateway)
+    /// stop routing here before the listener closes.
+    drain_after_deregister_ms: u64,
+}
+
+impl<T: Default> Default for Registered<T> {
+    fn default() -> Self {
+        Registered {
+            service: T::default(),
+            registry: discovery::client::RegistryConfig::default(),
+            drain_after_deregister_ms: 500,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,24 +126,69 @@ async fn run_discovery(file: Option<PathBuf>, shutdown: CancellationToken) -> an
 async fn run_books(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config: Registered<books::Config> = platform::config::load(file.as_deref())?;
     let app = books::Application::build(config.service).await?;
-    let agent = register("books", app.local_addr(), config.registry, shutdown.clone());
-    let result = app.run_until_stopped(shutdown).await;
-    let _ = agent.await;
-    result
+    let addr = app.local_addr();
+    let serve = |stop| app.run_until_stopped(stop);
+    serve_registered(
+        "books",
+        addr,
+        config.registry,
+        config.drain_after_deregister_ms,
+        shutdown,
+        serve,
+    )
+    .await
 }
 
 async fn run_orders(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config: Registered<orders::Config> = platform::config::load(file.as_deref())?;
     let app = orders::Application::build(config.service).await?;
-    let agent = register(
+    let addr = app.local_addr();
+    let serve = |stop| app.run_until_stopped(stop);
+    serve_registered(
         "orders",
-        app.local_addr(),
+        addr,
         config.registry,
-        shutdown.clone(),
-    );
-    let result = app.run_until_stopped(shutdown).await;
+        config.drain_after_deregister_ms,
+        shutdown,
+        serve,
+    )
+    .await
+}
+
+/// Serves while registered. On shutdown the order matters: deregister first, keep serving for
+/// `drain_ms` while watchers drop this instance, and only then stop accepting and drain in-flight
+/// requests — so a rolling restart fails no request.
+async fn serve_registered<F, Fut>(
+    name: &str,
+    addr: std::net::SocketAddr,
+    registry: discovery::client::RegistryConfig,
+    drain_ms: u64,
+    shutdown: CancellationToken,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let stop_serving = CancellationToken::new();
+    let stop_agent = CancellationToken::new();
+    let mut serving = tokio::spawn(serve(stop_serving.clone()));
+    let agent = register(name, addr, registry, stop_agent.clone());
+    let finished_early = tokio::select! {
+        result = &mut serving => Some(result),
+        _ = shutdown.cancelled() => None,
+    };
+    stop_agent.cancel();
     let _ = agent.await;
-    result
+    let result = match finished_early {
+        Some(result) => result,
+        None => {
+            tokio::time::sleep(std::time::Duration::from_millis(drain_ms)).await;
+            stop_serving.cancel();
+            serving.await
+        }
+    };
+    result.map_err(|e| anyhow::anyhow!("{name} server task failed: {e}"))?
 }
 
 /// Registers the instance under `name-<port>` and keeps it registered until shutdown, when the agent
