@@ -9,6 +9,7 @@ use discovery::client::Instance;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 
 use crate::config::UpstreamConfig;
+use crate::exchange::{Exchange, UpstreamError};
 
 /// Why an upstream exchange failed. `Connect` means the request was never sent, which later lets the
 /// retry layer reroute even non-idempotent requests safely.
@@ -94,6 +95,41 @@ impl Forward {
             .map_err(|_| ForwardError::Timeout {
                 instance: instance.id.clone(),
             })
+    }
+}
+
+impl Forward {
+    /// Sends one attempt of `exchange` to `instance`, giving up after `timeout`. This is what the
+    /// resilience layers call per attempt; they decide where and how often.
+    pub async fn send_exchange(
+        &self,
+        instance: &Instance,
+        exchange: &Exchange,
+        timeout: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let mut request = Request::builder()
+            .method(exchange.method.clone())
+            .uri(exchange.uri.clone())
+            .body(Body::from(exchange.body.clone()))
+            .map_err(|e| UpstreamError::Failed {
+                instance: instance.id.clone(),
+                reason: e.to_string(),
+            })?;
+        *request.headers_mut() = exchange.headers.clone();
+        match tokio::time::timeout(timeout, self.send(instance, request, exchange.peer)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                instance: instance.id.clone(),
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(ForwardError::Connect { instance, .. })) => {
+                Err(UpstreamError::Connect { instance })
+            }
+            Ok(Err(ForwardError::Timeout { instance })) => Err(UpstreamError::Timeout { instance }),
+            Ok(Err(ForwardError::Other { instance, source })) => Err(UpstreamError::Failed {
+                instance,
+                reason: source.to_string(),
+            }),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+pub mod exchange;
 pub mod forward;
 pub mod proxy;
 pub mod routes;
