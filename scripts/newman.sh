@@ -24,8 +24,11 @@ for _ in $(seq 1 600); do
 done
 grep -q '"ready": true' "$dir/state.json" || { cat "$dir/up.log" >&2; echo "bookstore up not ready in 120 s" >&2; exit 1; }
 gateway=$(sed -n 's/.*"gateway_url": "\(.*\)".*/\1/p' "$dir/state.json")
+# The admin's generated password (alphanumeric), for the collection's "Log in as the admin".
+admin_password=$(sed -n 's/.*"admin_password": "\(.*\)".*/\1/p' "$dir/secrets.json")
 
 newman run postman/bookstore.postman_collection.json \
   --environment postman/local.postman_environment.json \
   --env-var "baseUrl=$gateway" \
+  --env-var "adminPassword=$admin_password" \
   --reporters cli --reporter-cli-no-banner --color off

@@ -113,6 +113,8 @@ where
 
 async fn run_gateway(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config: gateway::Config = platform::config::load(file.as_deref())?;
+    // Refuse to start without a usable signing key, whether or not the auth layer is wired yet.
+    config.auth.validate()?;
     let app = gateway::Application::build(config, shutdown.clone()).await?;
     tracing::info!(addr = %app.local_addr(), "gateway listening");
     app.run_until_stopped(shutdown).await

@@ -1,6 +1,15 @@
 //! The gateway's configuration. Every knob has a default that works on loopback.
 
 use discovery::client::RegistryConfig;
+
+use crate::balance::BalanceConfig;
+use crate::breaker::BreakerConfig;
+use crate::budget::BudgetConfig;
+use crate::deadline::TimeoutConfig;
+use crate::rate_limit::RateLimitConfig;
+use crate::retry::RetryConfig;
+use crate::service_breaker::ServiceBreakerConfig;
+use crate::shed::ShedConfig;
 use platform::server::HttpConfig;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +24,24 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// How the gateway talks to upstream instances.
     pub upstream: UpstreamConfig,
+    /// Token verification (the signing key is required) for the auth layer.
+    pub auth: platform::auth::AuthConfig,
+    /// Per-route timeouts: the deadline of the whole request, all attempts included.
+    pub timeouts: TimeoutConfig,
+    /// Per-attempt timeout of the balancer.
+    pub balance: BalanceConfig,
+    /// Per-instance circuit breakers (passive health, ejection, half-open probes, panic mode).
+    pub breaker: BreakerConfig,
+    /// Reroutes to another instance: attempts and backoff.
+    pub retry: RetryConfig,
+    /// The retry budget: retries may never exceed this share of the requests in flight.
+    pub budget: BudgetConfig,
+    /// Per-service breaker on reroutes: fail fast while a service is failing.
+    pub service_breaker: ServiceBreakerConfig,
+    /// Per-client token bucket.
+    pub rate_limit: RateLimitConfig,
+    /// Global concurrency limit: shed, never queue.
+    pub shed: ShedConfig,
 }
 
 /// One routing rule: requests whose path is `prefix` or starts with `prefix/` go to `service`.
@@ -51,11 +78,21 @@ impl Default for Config {
             },
             registry: RegistryConfig::default(),
             routes: vec![
+                route("/api/auth", "orders"),
                 route("/api/books", "books"),
                 route("/api/customers", "orders"),
                 route("/api/orders", "orders"),
             ],
             upstream: UpstreamConfig::default(),
+            auth: platform::auth::AuthConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            balance: BalanceConfig::default(),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            budget: BudgetConfig::default(),
+            service_breaker: ServiceBreakerConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            shed: ShedConfig::default(),
         }
     }
 }

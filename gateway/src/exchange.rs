@@ -101,8 +101,11 @@ impl UpstreamError {
             UpstreamError::Timeout { .. } | UpstreamError::DeadlineExceeded { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            UpstreamError::Connect { .. } | UpstreamError::Failed { .. } => StatusCode::BAD_GATEWAY,
-            UpstreamError::NoInstance { .. }
+            // An answer that broke off half way is a bad gateway; no instance reachable at all is
+            // the service being unavailable, which the client may retry after a moment.
+            UpstreamError::Failed { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamError::Connect { .. }
+            | UpstreamError::NoInstance { .. }
             | UpstreamError::ServiceOpen { .. }
             | UpstreamError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }

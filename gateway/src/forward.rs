@@ -116,7 +116,37 @@ impl Forward {
                 reason: e.to_string(),
             })?;
         *request.headers_mut() = exchange.headers.clone();
-        match tokio::time::timeout(timeout, self.send(instance, request, exchange.peer)).await {
+        // The service stops working on this attempt when the gateway stops waiting for it.
+        crate::deadline::stamp(request.headers_mut(), timeout);
+        let started = std::time::Instant::now();
+        let result = self
+            .attempt(instance, request, exchange.peer, timeout)
+            .await;
+        let outcome = match &result {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(UpstreamError::Connect { .. }) => "connect_error".into(),
+            Err(UpstreamError::Timeout { .. }) => "timeout".into(),
+            Err(_) => "error".into(),
+        };
+        let labels = [
+            ("upstream", exchange.service.clone()),
+            ("instance", instance.id.clone()),
+            ("outcome", outcome),
+        ];
+        metrics::counter!("gateway_upstream_requests_total", &labels).increment(1);
+        metrics::histogram!("gateway_upstream_request_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn attempt(
+        &self,
+        instance: &Instance,
+        request: Request<Body>,
+        peer: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.send(instance, request, peer)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 instance: instance.id.clone(),
             }),

@@ -1,32 +1,43 @@
-//! The API gateway (first cut): routes `/api/*` by path prefix to the healthy instances of a service,
-//! found and watched through the registry, round robin, over keep-alive connection pools.
+//! The API gateway: routes `/api/*` by path prefix to the healthy instances of each service, found
+//! and watched through the registry, with per-instance breakers, reroutes under a retry budget, a
+//! per-service breaker, deadlines, rate limits, load shedding and token authentication.
 //!
-//! The request path is a chain of small tower services so resilience and auth slot in as layers
-//! without touching the forwarding itself:
-//!
-//! ```text
-//! axum (ops routes, request id, trace, RED metrics)  →  Proxy: route → pick instance → Forward
-//! ```
+//! Every mechanism is a tower layer in its own file; [`stack`] assembles them in one place.
 
+pub mod admin;
+pub mod auth;
+pub mod balance;
+pub mod breaker;
+pub mod budget;
 pub mod config;
+pub mod deadline;
 pub mod exchange;
 pub mod forward;
 pub mod proxy;
+pub mod rate_limit;
+pub mod retry;
 pub mod routes;
+pub mod service_breaker;
+pub mod shed;
+pub mod stack;
 pub mod upstreams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Router;
+use axum::routing::get;
 use platform::server::{ReadyCheck, Server};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 
 pub use config::Config;
 
 /// A bound gateway, ready to serve.
 pub struct Application {
     server: Server,
-    proxy: proxy::Proxy,
+    router: Router,
+    observed: stack::Observed,
 }
 
 impl Application {
@@ -38,11 +49,12 @@ impl Application {
             table.services(),
             shutdown,
         ));
-        let forward = forward::Forward::new(&config.upstream)?;
+        let (router, observed) = app(&config, upstreams)?;
         let server = Server::bind(&config.http).await?;
         Ok(Application {
             server,
-            proxy: proxy::Proxy::new(table, upstreams, forward, config.http.body_limit_bytes),
+            router,
+            observed,
         })
     }
 
@@ -51,7 +63,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let upstreams = self.proxy.upstreams();
+        let upstreams = self.observed.upstreams.clone();
         // Ready once every routed service has at least one healthy instance.
         let ready: ReadyCheck = Arc::new(move || {
             let missing = upstreams.services_without_instances();
@@ -63,8 +75,41 @@ impl Application {
                 }
             })
         });
-        self.server
-            .serve(proxy::router(self.proxy), ready, shutdown)
-            .await
+        self.server.serve(self.router, ready, shutdown).await
     }
+}
+
+/// The gateway's routes over the given upstream sets: `/api/…` through the whole stack,
+/// `/admin/upstreams` for the admin. Also used by tests with fixed instance sets.
+pub fn app(
+    config: &Config,
+    upstreams: Arc<upstreams::Upstreams>,
+) -> anyhow::Result<(Router, stack::Observed)> {
+    config.breaker.validate()?;
+    let table = routes::RouteTable::new(&config.routes)?;
+    let forward = forward::Forward::new(&config.upstream)?;
+    let (upstream, observed) = stack::upstream_stack(config, upstreams, forward);
+    let proxy = proxy::Proxy::new(
+        table,
+        config.timeouts.clone(),
+        upstream,
+        config.http.body_limit_bytes,
+    );
+    let auth = auth::AuthLayer::new(&config.auth)?;
+    let front = ServiceBuilder::new()
+        // Shed first: past capacity, even authentication is work we cannot afford.
+        .layer(shed::ShedLayer::new(&config.shed)?)
+        // Then identify the caller, so rate limits apply per subject rather than per address.
+        .layer(auth.clone())
+        .layer(rate_limit::RateLimitLayer::new(&config.rate_limit)?)
+        .service(proxy);
+    let admin = Router::new()
+        .route("/admin/upstreams", get(admin::upstreams))
+        .with_state(observed.clone())
+        .layer(auth);
+    let router = Router::new()
+        .route_service("/api/{*path}", front.clone())
+        .route_service("/api", front)
+        .merge(admin);
+    Ok((router, observed))
 }

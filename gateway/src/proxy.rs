@@ -1,14 +1,12 @@
-//! The proxy service: route by prefix, pick a healthy instance, forward, and turn every failure into
-//! problem+json. It is a plain `tower::Service`, so breakers, retries, rate limits and auth wrap it as
-//! layers in the resilience work.
+//! The proxy service: route by prefix, buffer the body, build the [`Exchange`] with its deadline,
+//! and send it through the upstream stack; every failure becomes problem+json. It is a plain
+//! `tower::Service` over HTTP requests, so shedding, auth and rate limiting wrap it as layers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
@@ -16,10 +14,13 @@ use futures::future::BoxFuture;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use platform::Problem;
+use tokio::time::Instant;
+use tower::ServiceExt;
 
-use crate::forward::{Forward, ForwardError};
+use crate::deadline::TimeoutConfig;
+use crate::exchange::{Exchange, UpstreamError};
 use crate::routes::RouteTable;
-use crate::upstreams::Upstreams;
+use crate::stack::UpstreamStack;
 
 /// Cheap to clone: everything inside is shared.
 #[derive(Clone)]
@@ -29,39 +30,27 @@ pub struct Proxy {
 
 struct Inner {
     table: RouteTable,
-    upstreams: Arc<Upstreams>,
-    forward: Forward,
+    timeouts: TimeoutConfig,
+    upstream: UpstreamStack,
     body_limit_bytes: usize,
 }
 
 impl Proxy {
     pub fn new(
         table: RouteTable,
-        upstreams: Arc<Upstreams>,
-        forward: Forward,
+        timeouts: TimeoutConfig,
+        upstream: UpstreamStack,
         body_limit_bytes: usize,
     ) -> Self {
         Proxy {
             inner: Arc::new(Inner {
                 table,
-                upstreams,
-                forward,
+                timeouts,
+                upstream,
                 body_limit_bytes,
             }),
         }
     }
-
-    pub fn upstreams(&self) -> Arc<Upstreams> {
-        self.inner.upstreams.clone()
-    }
-}
-
-/// The gateway's router: everything under `/api/` goes through the proxy; other paths (including
-/// `/internal/…`) fall through to the platform's 404.
-pub fn router(proxy: Proxy) -> Router {
-    Router::new()
-        .route_service("/api/{*path}", proxy.clone())
-        .route_service("/api", proxy)
 }
 
 impl tower::Service<Request<Body>> for Proxy {
@@ -83,94 +72,110 @@ impl Inner {
     async fn handle(&self, request: Request<Body>) -> Response {
         let path = request.uri().path().to_owned();
         let Some(service) = self.table.resolve(&path).map(str::to_owned) else {
-            return problem(
+            return Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
                 format!("no route for {path}"),
-            );
-        };
-        let Some(instance) = self.upstreams.pick(&service) else {
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("no healthy instance of the {service} service is available"),
             )
-            .with_retry_after(1)
             .into_response();
         };
+        // The deadline starts at arrival: the route's timeout, shortened by the client's own
+        // budget when it sent one (the platform's deadline middleware put it in the extensions).
+        let mut deadline = Instant::now() + self.timeouts.timeout_for(request.method(), &path);
+        if let Some(client) = request.extensions().get::<platform::deadline::Deadline>() {
+            deadline = deadline.min(client.0);
+        }
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
-        // Buffered so an oversize body is refused before any upstream sees it (and so the
-        // retry layer can resend it to another instance).
-        let request = match self.buffer(request).await {
-            Ok(request) => request,
-            Err(response) => return response,
+        let (parts, body) = request.into_parts();
+        // Buffered so an oversize body is refused before any upstream sees it, and so a reroute
+        // can send it again.
+        let body = match Limited::new(body, self.body_limit_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                let detail = format!(
+                    "the request body is larger than {} bytes",
+                    self.body_limit_bytes
+                );
+                return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", detail)
+                    .into_response();
+            }
+            Err(_) => {
+                return Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "the request body could not be read",
+                )
+                .into_response();
+            }
         };
-        let started = Instant::now();
-        let result = self.forward.send(&instance, request, peer).await;
-        let outcome = match &result {
-            Ok(response) => response.status().as_u16().to_string(),
-            Err(ForwardError::Connect { .. }) => "connect_error".into(),
-            Err(ForwardError::Timeout { .. }) => "timeout".into(),
-            Err(ForwardError::Other { .. }) => "error".into(),
+        let exchange = Exchange {
+            service: service.clone(),
+            method: parts.method,
+            uri: parts
+                .uri
+                .path_and_query()
+                .and_then(|pq| pq.as_str().parse().ok())
+                .unwrap_or_default(),
+            headers: parts.headers,
+            body,
+            peer,
+            deadline,
+            tried: Vec::new(),
         };
-        let labels = [
-            ("upstream", service.clone()),
-            ("instance", instance.id.clone()),
-            ("outcome", outcome),
-        ];
-        metrics::counter!("gateway_upstream_requests_total", &labels).increment(1);
-        metrics::histogram!("gateway_upstream_request_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
-        match result {
+        match self.upstream.clone().oneshot(exchange).await {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(upstream = %service, error = %err, "upstream exchange failed");
-                upstream_problem(&service, &err)
+                tracing::warn!(upstream = %service, error = %err, "no upstream answer");
+                upstream_problem(&err)
             }
         }
     }
-
-    async fn buffer(&self, request: Request<Body>) -> Result<Request<Body>, Response> {
-        let (parts, body) = request.into_parts();
-        match Limited::new(body, self.body_limit_bytes).collect().await {
-            Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!(
-                    "the request body is larger than {} bytes",
-                    self.body_limit_bytes
-                ),
-            )),
-            Err(_) => Err(problem(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "the request body could not be read",
-            )),
-        }
-    }
 }
 
-fn upstream_problem(service: &str, err: &ForwardError) -> Response {
-    match err {
-        ForwardError::Timeout { .. } => problem(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream-timeout",
-            format!("the {service} service did not answer in time"),
+/// The problem a client sees when no upstream answer could be had.
+pub fn upstream_problem(err: &UpstreamError) -> Response {
+    let status = err.status();
+    let (kind, detail, retry_after) = match err {
+        UpstreamError::NoInstance { service } => (
+            "unavailable",
+            format!("no healthy instance of the {service} service is available"),
+            Some(1),
         ),
-        _ => Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream-unavailable",
-            format!("the {service} service could not be reached; try again"),
-        )
-        .with_retry_after(1)
-        .into_response(),
+        UpstreamError::ServiceOpen {
+            service,
+            retry_after,
+        } => (
+            "unavailable",
+            format!("the {service} service is failing and is being given time to recover"),
+            Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+        ),
+        UpstreamError::Overloaded => (
+            "overloaded",
+            "the gateway is at capacity".to_owned(),
+            Some(1),
+        ),
+        UpstreamError::Timeout { .. } | UpstreamError::DeadlineExceeded { .. } => (
+            "upstream-timeout",
+            "the service did not answer in time".to_owned(),
+            None,
+        ),
+        UpstreamError::Connect { .. } => (
+            "unavailable",
+            "no instance of the service could be reached; try again".to_owned(),
+            Some(1),
+        ),
+        UpstreamError::Failed { .. } => (
+            "upstream-failed",
+            "the service's answer broke off; try again".to_owned(),
+            Some(1),
+        ),
+    };
+    let problem = Problem::new(status, kind, detail);
+    match retry_after {
+        Some(seconds) => problem.with_retry_after(seconds).into_response(),
+        None => problem.into_response(),
     }
-}
-
-fn problem(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
-    Problem::new(status, kind, detail).into_response()
 }

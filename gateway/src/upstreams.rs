@@ -62,6 +62,14 @@ impl Upstreams {
         Upstreams { services }
     }
 
+    /// Every service's live instance set, for the balancer.
+    pub fn receivers(&self) -> Vec<(String, watch::Receiver<Vec<Instance>>)> {
+        self.services
+            .iter()
+            .map(|(name, set)| (name.clone(), set.instances.clone()))
+            .collect()
+    }
+
     /// The next instance of `service` in round-robin order, if it has any healthy one.
     pub fn pick(&self, service: &str) -> Option<Instance> {
         let set = self.services.get(service)?;

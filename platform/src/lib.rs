@@ -4,9 +4,12 @@
 //!
 //! No business logic lives here; components build on it and talk to each other only over HTTP.
 
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod extract;
+pub mod faults;
 pub mod metrics;
 pub mod pagination;
 pub mod problem;

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The `WWW-Authenticate` challenge every 401 carries (RFC 6750).
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"bookstore\"";
+
 /// One invalid field of a request body or query.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FieldError {
@@ -89,6 +92,13 @@ pub enum ApiError {
     /// 400: the request is malformed (syntax, unknown parameter shape, bad cursor).
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no credentials, or credentials that do not verify. Answered with
+    /// `WWW-Authenticate: Bearer`; the detail must never contain the credential itself.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, but this identity may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the thing named does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -148,6 +158,8 @@ impl ApiError {
         use StatusCode as S;
         match self {
             ApiError::BadRequest(d) => Problem::new(S::BAD_REQUEST, "bad-request", d),
+            ApiError::Unauthorized(d) => Problem::new(S::UNAUTHORIZED, "unauthorized", d),
+            ApiError::Forbidden(d) => Problem::new(S::FORBIDDEN, "forbidden", d),
             ApiError::NotFound(d) => Problem::new(S::NOT_FOUND, "not-found", d),
             ApiError::Conflict(d) => Problem::new(S::CONFLICT, "conflict", d),
             ApiError::PreconditionFailed(d) => {
@@ -185,7 +197,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(err) = &self {
             tracing::error!(error = format!("{err:#}"), "request failed unexpectedly");
         }
-        self.to_problem().into_response()
+        let mut response = self.to_problem().into_response();
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(BEARER_CHALLENGE),
+            );
+        }
+        response
     }
 }
 

@@ -21,8 +21,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::faults::{self, FaultConfig};
 use crate::problem::Problem;
-use crate::{extract, metrics};
+use crate::{deadline, extract, metrics};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -39,6 +40,8 @@ pub struct HttpConfig {
     pub shutdown_grace_seconds: u64,
     /// When set, the bound address is written here once the server listens (for launchers and tests).
     pub port_file: Option<PathBuf>,
+    /// Injected errors and delays for resilience tests and chaos runs; off by default.
+    pub faults: FaultConfig,
 }
 
 impl Default for HttpConfig {
@@ -48,6 +51,7 @@ impl Default for HttpConfig {
             body_limit_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
             port_file: None,
+            faults: FaultConfig::default(),
         }
     }
 }
@@ -163,9 +167,21 @@ pub fn with_standard_layers(
     // trace context, then the span that carries both, then metrics around the handler. Health and
     // metrics routes are merged after the access log and RED layers: probes every second would
     // drown the requests that matter.
+    let api = if config.faults.is_active() {
+        tracing::warn!(faults = ?config.faults, "fault injection is on");
+        api.layer(middleware::from_fn_with_state(
+            config.faults.clone(),
+            faults::inject,
+        ))
+    } else {
+        api
+    };
     api.fallback(extract::no_route)
         .method_not_allowed_fallback(extract::wrong_method)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        // Inside the RED metrics and the access log, so an abandoned request is counted and logged
+        // as the 504 it is; outside the handler, so giving up drops the handler's work.
+        .layer(middleware::from_fn(deadline::enforce))
         .layer(middleware::from_fn(metrics::record_red))
         .layer(
             TraceLayer::new_for_http()

@@ -1,6 +1,7 @@
-//! Demo data, loaded through the public API (so it goes through the same validation as any client):
-//! 60 classics over eight genres and many authors, and three customers with credit. Loaded only into
-//! an empty catalog, so `up` on existing data changes nothing.
+//! Demo data, loaded through the public API (so it goes through the same validation and the same
+//! authorization as any client): 60 classics over eight genres and many authors, created as the
+//! admin, and three customers who sign up, log in and top up their own credit. Loaded only into an
+//! empty catalog, so `up` on existing data changes nothing.
 
 use anyhow::Context;
 use serde_json::json;
@@ -126,9 +127,16 @@ pub fn isbn13(n: usize) -> String {
     format!("{body}{}", (10 - sum % 10) % 10)
 }
 
+/// The admin credentials the catalog is loaded with.
+pub struct Admin<'a> {
+    pub email: &'a str,
+    pub password: &'a str,
+}
+
 /// Loads the demo data through the gateway when the catalog is empty. Returns whether it loaded.
 pub async fn load_if_empty(
     gateway: &str,
+    admin: &Admin<'_>,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<bool> {
     let client = reqwest::Client::new();
@@ -145,31 +153,70 @@ pub async fn load_if_empty(
     {
         return Ok(false);
     }
+    let admin_token = log_in(&client, gateway, admin.email, admin.password)
+        .await
+        .context("demo data: cannot log in as the admin")?;
     for (n, (title, author, genre)) in BOOKS.iter().enumerate() {
         progress.set_message(format!("loading demo data: book {}/{}", n + 1, BOOKS.len()));
         let book = json!({
             "isbn": isbn13(n), "title": title, "author": author, "genre": genre,
             "price_cents": 499 + (n as i64 * 137) % 2500, "stock": 5 + (n as i64 * 7) % 40,
         });
-        post(&client, &format!("{gateway}/api/books"), &book).await?;
+        post(
+            &client,
+            &format!("{gateway}/api/books"),
+            &book,
+            Some(&admin_token),
+        )
+        .await?;
     }
     for (email, name, credit) in CUSTOMERS {
         progress.set_message(format!("loading demo data: customer {email}"));
         let body = json!({"email": email, "name": name, "password": DEMO_PASSWORD});
-        let customer = post(&client, &format!("{gateway}/api/customers"), &body).await?;
+        let customer = post(&client, &format!("{gateway}/api/customers"), &body, None).await?;
         let id = customer["id"].as_str().context("customer without id")?;
+        let token = log_in(&client, gateway, email, DEMO_PASSWORD)
+            .await
+            .with_context(|| format!("demo data: cannot log in as {email}"))?;
         let url = format!("{gateway}/api/customers/{id}/credit");
-        post(&client, &url, &json!({"amount_cents": credit})).await?;
+        post(
+            &client,
+            &url,
+            &json!({"amount_cents": credit}),
+            Some(&token),
+        )
+        .await?;
     }
     Ok(true)
 }
 
+/// `POST /api/auth/token`; the access token. Errors name neither the password nor the token.
+async fn log_in(
+    client: &reqwest::Client,
+    gateway: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let body = json!({"email": email, "password": password});
+    let answer = post(client, &format!("{gateway}/api/auth/token"), &body, None).await?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the login answer has no access_token")
+}
+
+/// A JSON POST (with `Authorization: Bearer <token>` when given) that must succeed.
 async fn post(
     client: &reqwest::Client,
     url: &str,
     body: &serde_json::Value,
+    token: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
-    let response = client.post(url).json(body).send().await?;
+    let mut request = client.post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
     let status = response.status();
     let answer: serde_json::Value = response.json().await.unwrap_or_default();
     anyhow::ensure!(

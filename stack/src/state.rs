@@ -53,37 +53,94 @@ impl State {
     }
 }
 
-/// Passwords generated on the first `up` and kept for the next ones.
+/// The admin account's login email on a platform started by `up`.
+pub const ADMIN_EMAIL: &str = "admin@bookstore.local";
+
+/// Passwords and keys generated on the first `up` and kept for the next ones. A `secrets.json`
+/// written before a field existed gets that field generated (and saved) on the next `up`.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Secrets {
     pub postgres_superuser: String,
     pub books_db: String,
     pub orders_db: String,
+    /// The HS256 key every service and the gateway sign and verify access tokens with.
+    #[serde(default)]
+    pub jwt_secret: String,
+    /// The credential for service-to-service `/internal/*` calls.
+    #[serde(default)]
+    pub internal_token: String,
+    /// The admin account's password (its email is `auth.admin_email`, `admin@bookstore.local`).
+    #[serde(default)]
+    pub admin_password: String,
 }
 
 impl Secrets {
+    /// The `[auth]` settings every service and the gateway get, as `BOOKSTORE_AUTH__*` variables.
+    pub fn auth_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BOOKSTORE_AUTH__JWT_SECRET", self.jwt_secret.clone()),
+            (
+                "BOOKSTORE_AUTH__INTERNAL_TOKEN",
+                self.internal_token.clone(),
+            ),
+            ("BOOKSTORE_AUTH__ADMIN_EMAIL", ADMIN_EMAIL.to_owned()),
+            (
+                "BOOKSTORE_AUTH__ADMIN_PASSWORD",
+                self.admin_password.clone(),
+            ),
+        ]
+    }
+
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("secrets.json")
+    }
+
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Secrets> {
-        let path = dir.join("secrets.json");
-        if let Ok(bytes) = std::fs::read(&path) {
-            return Ok(serde_json::from_slice(&bytes)?);
-        }
-        let secrets = Secrets {
-            postgres_superuser: generate_password(),
-            books_db: generate_password(),
-            orders_db: generate_password(),
+        let path = Self::path(dir);
+        let (mut secrets, mut changed) = match std::fs::read(&path) {
+            Ok(bytes) => (serde_json::from_slice::<Secrets>(&bytes)?, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                Secrets {
+                    postgres_superuser: generate_password(),
+                    books_db: generate_password(),
+                    orders_db: generate_password(),
+                    jwt_secret: String::new(),
+                    internal_token: String::new(),
+                    admin_password: String::new(),
+                },
+                true,
+            ),
+            Err(e) => return Err(e.into()),
         };
-        write_atomically(&path, &serde_json::to_vec_pretty(&secrets)?, 0o600)?;
+        for (field, length) in [
+            (&mut secrets.jwt_secret, 48),
+            (&mut secrets.internal_token, 32),
+            (&mut secrets.admin_password, 24),
+        ] {
+            if field.is_empty() {
+                *field = generate_secret(length);
+                changed = true;
+            }
+        }
+        if changed {
+            write_atomically(&path, &serde_json::to_vec_pretty(&secrets)?, 0o600)?;
+        }
         Ok(secrets)
     }
 }
 
 /// 24 alphanumeric characters: ~142 bits, and safe inside SQL literals and URLs without escaping.
 pub fn generate_password() -> String {
+    generate_secret(24)
+}
+
+/// `length` random alphanumeric characters (~5.95 bits each).
+pub fn generate_secret(length: usize) -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
     rand::rng()
         .sample_iter(&Alphanumeric)
-        .take(24)
+        .take(length)
         .map(char::from)
         .collect()
 }
@@ -111,6 +168,42 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        Ok(())
+    }
+
+    #[test]
+    fn auth_secrets_are_generated_long_enough_and_reused() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let first = Secrets::load_or_create(dir.path())?;
+        assert!(first.jwt_secret.len() >= 32, "HS256 needs a 32-byte key");
+        assert!(!first.internal_token.is_empty() && !first.admin_password.is_empty());
+        let second = Secrets::load_or_create(dir.path())?;
+        assert_eq!(
+            (first.jwt_secret, first.admin_password),
+            (second.jwt_secret, second.admin_password)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_old_secrets_file_gets_the_new_fields_and_keeps_the_old_ones() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secrets.json");
+        std::fs::write(
+            &path,
+            r#"{"postgres_superuser": "pg-old", "books_db": "books-old", "orders_db": "orders-old"}"#,
+        )?;
+        let upgraded = Secrets::load_or_create(dir.path())?;
+        assert_eq!(upgraded.books_db, "books-old");
+        assert_eq!(upgraded.postgres_superuser, "pg-old");
+        assert!(upgraded.jwt_secret.len() >= 32);
+        let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        assert_eq!(saved["jwt_secret"], upgraded.jwt_secret.as_str());
+        assert_eq!(saved["orders_db"], "orders-old");
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::os_user::{self, RunAs};
 use crate::postgres::{self, PgBinaries, PgServer, PgSettings, StartOptions};
 use crate::process::{ChildSpec, Supervised};
-use crate::state::{ProcessInfo, Secrets, State};
+use crate::state::{ADMIN_EMAIL, ProcessInfo, Secrets, State};
 use crate::{demo, ports};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -170,34 +170,35 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
             ),
         ),
     ];
+    let auth_env = secrets.auth_env();
     for (kind, db_url) in &services {
         for n in 1..=args.instances {
-            let env = [
+            let mut env = vec![
                 ("BOOKSTORE_HTTP__LISTEN", "127.0.0.1:0".to_string()),
                 ("BOOKSTORE_DB__URL", db_url.clone()),
                 ("BOOKSTORE_REGISTRY__URL", registry.clone()),
             ];
+            env.extend(auth_env.iter().cloned());
             spawn(running, &exe, &format!("{kind}-{n}"), kind, &env).await?;
         }
     }
     step(progress, "starting the gateway");
-    let gateway = spawn(
-        running,
-        &exe,
-        "gateway",
-        "gateway",
-        &[
-            (
-                "BOOKSTORE_HTTP__LISTEN",
-                format!("127.0.0.1:{}", args.gateway_port),
-            ),
-            ("BOOKSTORE_REGISTRY__URL", registry.clone()),
-        ],
-    )
-    .await?;
+    let mut gateway_env = vec![
+        (
+            "BOOKSTORE_HTTP__LISTEN",
+            format!("127.0.0.1:{}", args.gateway_port),
+        ),
+        ("BOOKSTORE_REGISTRY__URL", registry.clone()),
+    ];
+    gateway_env.extend(auth_env);
+    let gateway = spawn(running, &exe, "gateway", "gateway", &gateway_env).await?;
     running.state.gateway_url = gateway.clone();
     step(progress, "checking demo data");
-    if !args.no_demo && demo::load_if_empty(&gateway, progress).await? {
+    let admin = demo::Admin {
+        email: ADMIN_EMAIL,
+        password: &secrets.admin_password,
+    };
+    if !args.no_demo && demo::load_if_empty(&gateway, &admin, progress).await? {
         tracing::info!("demo data loaded");
     }
     running.state.ready = true;
@@ -301,6 +302,9 @@ async fn spawn(
     for (key, value) in env {
         spec = spec.env(*key, value.clone());
     }
+    for (key, value) in component_overrides(kind, std::env::vars()) {
+        spec = spec.env(key, value);
+    }
     let mut child = Supervised::spawn(&spec)?;
     let result = async {
         let addr = child
@@ -327,6 +331,22 @@ async fn spawn(
     Ok(url)
 }
 
+/// Settings for one kind of component, given to `up` as `BOOKSTORE_<KIND>__<SETTING>=value` and
+/// passed to every process of that kind as `BOOKSTORE_<SETTING>=value` — e.g.
+/// `BOOKSTORE_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND=500` or
+/// `BOOKSTORE_BOOKS__HTTP__FAULTS__ERROR_RATE=0.1`. They win over what `up` sets itself.
+pub fn component_overrides(
+    kind: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let prefix = format!("BOOKSTORE_{}__", kind.to_ascii_uppercase());
+    vars.filter_map(|(key, value)| {
+        let rest = key.strip_prefix(&prefix)?;
+        (!rest.is_empty()).then(|| (format!("BOOKSTORE_{rest}"), value))
+    })
+    .collect()
+}
+
 fn print_summary(state: &State, dir: &Path) {
     println!("The bookstore platform is up.");
     println!("  gateway   {}/api/books", state.gateway_url);
@@ -338,7 +358,11 @@ fn print_summary(state: &State, dir: &Path) {
         dir.display()
     );
     println!(
-        "  demo login: {} / {}",
+        "  admin     {ADMIN_EMAIL}, password in {} (\"admin_password\")",
+        Secrets::path(dir).display()
+    );
+    println!(
+        "  demo login: {} / {}   (POST /api/auth/token)",
         demo::CUSTOMERS[0].0,
         demo::DEMO_PASSWORD
     );
@@ -388,5 +412,32 @@ async fn shutdown(mut running: Running, quiet: bool) {
     State::remove(&running.dir);
     if !quiet {
         eprintln!("bookstore: stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::component_overrides;
+
+    #[test]
+    fn settings_for_one_kind_reach_only_that_kind_without_its_prefix() {
+        let vars = [
+            ("BOOKSTORE_GATEWAY__RATE_LIMIT__BURST", "5"),
+            ("BOOKSTORE_BOOKS__HTTP__FAULTS__ERROR_RATE", "0.5"),
+            ("BOOKSTORE_GATEWAY__", "ignored"),
+            ("BOOKSTORE_DIR", "/tmp/x"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            component_overrides("gateway", vars.clone().into_iter()),
+            vec![("BOOKSTORE_RATE_LIMIT__BURST".to_string(), "5".to_string())]
+        );
+        assert_eq!(
+            component_overrides("books", vars.into_iter()),
+            vec![(
+                "BOOKSTORE_HTTP__FAULTS__ERROR_RATE".to_string(),
+                "0.5".to_string()
+            )]
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! when a test panics — and, through a parent-death signal, even when the test process is killed.
 //! Tests run in parallel without clashing: each gets its own server, directory and ports.
 
+pub mod instances;
 pub mod platform;
 pub mod postgres;
 

@@ -20,15 +20,32 @@ pub struct TestPlatform {
 impl TestPlatform {
     /// Starts the platform from `bookstore` (pass `env!("CARGO_BIN_EXE_bookstore")`) in a new directory.
     pub async fn start(bookstore: &Path) -> anyhow::Result<TestPlatform> {
+        Self::start_with(bookstore, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with component settings for `up` to pass on
+    /// (`BOOKSTORE_<KIND>__<SETTING>`, see `stack::up::component_overrides`).
+    pub async fn start_with(
+        bookstore: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TestPlatform> {
         let tempdir = tempfile::Builder::new().prefix("bookstore-up-").tempdir()?;
         let dir = tempdir.path().to_path_buf();
-        let mut platform = Self::start_in(bookstore, &dir).await?;
+        let mut platform = Self::launch(bookstore, &dir, env).await?;
         platform._tempdir = Some(tempdir);
         Ok(platform)
     }
 
     /// Starts the platform in `dir`, which may hold data of an earlier run.
     pub async fn start_in(bookstore: &Path, dir: &Path) -> anyhow::Result<TestPlatform> {
+        Self::launch(bookstore, dir, &[]).await
+    }
+
+    async fn launch(
+        bookstore: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TestPlatform> {
         std::fs::create_dir_all(dir)?;
         let spec = ChildSpec::new("bookstore up", bookstore, dir.join("up.log")).args([
             "up",
@@ -40,6 +57,9 @@ impl TestPlatform {
             "0",
             "--quiet",
         ]);
+        let spec = env
+            .iter()
+            .fold(spec, |spec, (key, value)| spec.env(*key, *value));
         let mut up = Supervised::spawn(&spec)?;
         let state = wait_until_ready(&mut up, dir).await?;
         Ok(TestPlatform {

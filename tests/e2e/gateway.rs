@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{all_books, client, expect_problem, start};
+use crate::{admin_token, all_books, client, expect_problem, log_in, start};
 
 #[tokio::test]
 async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> anyhow::Result<()> {
@@ -26,9 +26,11 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
     assert!(page["next_cursor"].is_string());
 
-    // Create, read with ETag, update with If-Match, stale update refused.
+    // Create, read with ETag, update with If-Match, stale update refused (as the admin).
+    let admin = admin_token(&client, &platform).await?;
     let created = client
         .post(format!("{gw}/api/books"))
+        .bearer_auth(&admin)
         .json(
             &json!({"isbn": "978-0-306-40615-7", "title": "Gateway Testing", "author": "E. Tester",
                       "genre": "technical", "price_cents": 1999, "stock": 3}),
@@ -44,6 +46,7 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
                         "genre": "technical", "price_cents": 2499, "stock": 3});
     let updated = client
         .put(format!("{gw}{location}"))
+        .bearer_auth(&admin)
         .header("if-match", "\"1\"")
         .json(&update)
         .send()
@@ -51,6 +54,7 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
     assert_eq!(updated.status(), 200);
     let stale = client
         .put(format!("{gw}{location}"))
+        .bearer_auth(&admin)
         .header("if-match", "\"1\"")
         .json(&update)
         .send()
@@ -67,8 +71,10 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
         .json()
         .await?;
     let id = customer["id"].as_str().unwrap_or_default();
+    let token = log_in(&client, gw, "e2e@example.com", "long-enough-pw").await?;
     let topped: Value = client
         .post(format!("{gw}/api/customers/{id}/credit"))
+        .bearer_auth(&token)
         .json(&json!({"amount_cents": 1500}))
         .send()
         .await?
@@ -78,6 +84,7 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
     assert_eq!(topped["credit_cents"], 1500);
     let orders: Value = client
         .get(format!("{gw}/api/customers/{id}/orders"))
+        .bearer_auth(&token)
         .send()
         .await?
         .error_for_status()?
@@ -89,6 +96,7 @@ async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> 
             "{gw}/api/orders/{}",
             book["id"].as_str().unwrap_or_default()
         ))
+        .bearer_auth(&token)
         .send()
         .await?;
     expect_problem(unknown_order, 404).await;

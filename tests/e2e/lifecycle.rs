@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::{all_books, bookstore, client, start};
+use crate::{admin_token, all_books, bookstore, client, start};
 
 fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
@@ -21,8 +21,10 @@ async fn sigterm_stops_every_process_and_a_restart_reuses_the_data() -> anyhow::
         .ok_or_else(|| anyhow::anyhow!("no temp dir"))?;
     let client = client();
     let gw = platform.gateway_url().to_owned();
+    let admin = admin_token(&client, &platform).await?;
     let created = client
         .post(format!("{gw}/api/books"))
+        .bearer_auth(&admin)
         .json(
             &json!({"isbn": "9780306406157", "title": "Survives Restarts", "author": "A. Keeper",
                       "genre": "technical", "price_cents": 100, "stock": 1}),

@@ -1,9 +1,11 @@
 //! End-to-end tests: the real `bookstore up` (real PostgreSQL, registry, two books and two orders
 //! instances, gateway) driven through the gateway, as a user would.
 
+mod authz;
 mod cli;
 mod gateway;
 mod lifecycle;
+mod resilience;
 
 use std::path::Path;
 
@@ -43,6 +45,73 @@ pub async fn expect_problem(response: reqwest::Response, status: u16) -> Value {
         "problem without detail: {body}"
     );
     body
+}
+
+/// The secrets `bookstore up` generated for a platform (`<dir>/secrets.json`).
+pub fn secrets(platform: &TestPlatform) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(platform.dir().join("secrets.json"))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// `POST /api/auth/token`; the access token.
+pub async fn log_in(
+    client: &reqwest::Client,
+    gateway: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let answer: Value = client
+        .post(format!("{gateway}/api/auth/token"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no access_token in the login answer"))
+}
+
+/// An access token for the platform's admin (password from `secrets.json`).
+pub async fn admin_token(
+    client: &reqwest::Client,
+    platform: &TestPlatform,
+) -> anyhow::Result<String> {
+    let secrets = secrets(platform)?;
+    let password = secrets["admin_password"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("secrets.json has no admin_password"))?;
+    log_in(
+        client,
+        platform.gateway_url(),
+        "admin@bookstore.local",
+        password,
+    )
+    .await
+}
+
+/// Signs a new customer up and logs them in; returns `(customer id, access token)`.
+pub async fn new_customer(
+    client: &reqwest::Client,
+    gateway: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<(String, String)> {
+    let customer: Value = client
+        .post(format!("{gateway}/api/customers"))
+        .json(&serde_json::json!({"email": email, "name": "E2E Customer", "password": password}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = customer["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("customer without id"))?
+        .to_owned();
+    Ok((id, log_in(client, gateway, email, password).await?))
 }
 
 /// Every book in the catalog, walking the pages.

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use platform::auth::{AuthConfig, TokenVerifier};
 use platform::db::DbConfig;
 use platform::server::{HttpConfig, ReadyCheck, Server};
 use serde::{Deserialize, Serialize};
@@ -37,18 +38,23 @@ pub struct Config {
     pub http: HttpConfig,
     /// The `books` database this service owns (its URL, pool size and start-up patience).
     pub db: DbConfig,
+    /// The token signing key (required) and the rest of the platform's auth settings; catalog
+    /// writes need an admin token.
+    pub auth: AuthConfig,
 }
 
 /// A started, bound, migrated service that is not yet serving.
 pub struct Application {
     server: Server,
     pool: PgPool,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl Application {
     /// Connects to the database (waiting for it, so start order does not matter), applies the
     /// migrations, then binds the listener so the port is known before serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
         platform::metrics::install(SERVICE);
         let pool = platform::db::connect(&config.db)
             .await
@@ -60,7 +66,11 @@ impl Application {
         let server = Server::bind(&config.http)
             .await
             .context("Failed to bind the books HTTP listener")?;
-        Ok(Application { server, pool })
+        Ok(Application {
+            server,
+            pool,
+            verifier,
+        })
     }
 
     /// The bound address (useful when configured with port 0).
@@ -71,7 +81,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled and in-flight requests finish; ready while the database
     /// answers.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let api = router(AppState::new(self.pool.clone()));
+        let api = router(AppState::new(self.pool.clone(), self.verifier.clone()));
         let result = self
             .server
             .serve(api, database_ready(self.pool.clone()), shutdown)

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use platform::auth::AuthConfig;
 use platform::db::DbConfig;
 use platform::server::{HttpConfig, ReadyCheck, Server};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub struct Config {
     pub db: DbConfig,
     /// Limits on customer credit, so a typo or a hostile client cannot mint unbounded money.
     pub credit: CreditConfig,
+    /// Token signing key (required), token lifetime and the admin account's credentials.
+    pub auth: AuthConfig,
 }
 
 /// Bounds on credit top-ups, in cents.
@@ -73,6 +76,8 @@ impl Application {
     /// and binds the listener, so a port of 0 is resolved before [`Application::local_addr`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         config.credit.validate()?;
+        let auth = http::Auth::new(&config.auth)?;
+        domain::password::warm_up().await?;
         let pool = platform::db::connect(&config.db).await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
@@ -81,7 +86,7 @@ impl Application {
         let server = Server::bind(&config.http).await?;
         Ok(Application {
             server,
-            state: AppState::new(pool, config.credit),
+            state: AppState::new(pool, config.credit, auth),
         })
     }
 

@@ -1,5 +1,8 @@
 //! `/api/books`: the catalog resource. Handlers only extract, call a parser and run one statement;
 //! every rule about what a valid book is lives in `crate::domain`.
+//!
+//! Anyone may read (a token, when sent, must still be valid); writes need the admin, checked by the
+//! first extractor so a customer gets 403 before the body is even looked at.
 
 use axum::Router;
 use axum::extract::State;
@@ -7,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 use http::header::LOCATION;
+use platform::auth::{AdminUser, MaybeAuthUser};
 use platform::extract::{Json, Path, Query};
 use platform::pagination::{Page, PageQuery};
 use platform::{ApiError, FieldError};
@@ -60,6 +64,7 @@ const LIST_BOOKS: &str = concat!(
 );
 
 async fn list_books(
+    _: MaybeAuthUser,
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Page<Book>>, ApiError> {
@@ -102,6 +107,7 @@ async fn list_books(
 }
 
 async fn get_book(
+    _: MaybeAuthUser,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
@@ -118,6 +124,7 @@ async fn get_book(
 }
 
 async fn create_book(
+    _: AdminUser,
     State(state): State<AppState>,
     Json(body): Json<BookBody>,
 ) -> Result<Response, ApiError> {
@@ -145,6 +152,7 @@ async fn create_book(
 /// A full replacement, conditional on the version the client read: one statement, so two writers
 /// holding the same ETag cannot both win (the second finds the version moved and updates nothing).
 async fn update_book(
+    _: AdminUser,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     IfMatch(expected): IfMatch,
@@ -179,6 +187,7 @@ async fn update_book(
 /// A soft delete: the row stays for order history and the warehouse, hidden from every read, and its
 /// ISBN free for a new book. `If-Match` is optional here; when sent, it must be current.
 async fn delete_book(
+    _: AdminUser,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     MaybeIfMatch(expected): MaybeIfMatch,

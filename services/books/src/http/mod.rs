@@ -6,18 +6,30 @@ mod books;
 mod error;
 pub mod etag;
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::extract::FromRef;
+use platform::auth::TokenVerifier;
 use sqlx::PgPool;
 
-/// What handlers share. Cheap to clone (the pool is reference-counted).
+/// What handlers share. Cheap to clone (the pool and the verifier are reference-counted).
 #[derive(Clone)]
 pub struct AppState {
     pool: PgPool,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool) -> AppState {
-        AppState { pool }
+    pub fn new(pool: PgPool, verifier: Arc<TokenVerifier>) -> AppState {
+        AppState { pool, verifier }
+    }
+}
+
+/// Lets the auth extractors (`AdminUser`, `MaybeAuthUser`) find the token verifier.
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Arc<TokenVerifier> {
+        state.verifier.clone()
     }
 }
 

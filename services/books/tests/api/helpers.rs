@@ -1,12 +1,46 @@
 //! `spawn_app()` and the request helpers every test uses.
 
 use books::{Application, Config};
+use platform::auth::{AuthConfig, Role, TokenIssuer};
 use reqwest::Response;
 use serde_json::{Value, json};
 use testkit::TestPostgres;
 use tokio_util::sync::CancellationToken;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// The signing key every test app uses.
+pub const JWT_SECRET: &str = "books-tests-jwt-secret-0123456789abcdef";
+
+/// The auth settings of a test app.
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        jwt_secret: JWT_SECRET.into(),
+        internal_token: "books-tests-internal-token".into(),
+        ..AuthConfig::default()
+    }
+}
+
+/// A fresh access token signed with the test key.
+pub fn token_for(subject: &str, role: Role) -> String {
+    TokenIssuer::new(&auth_config())
+        .expect("valid auth config")
+        .issue(subject, role)
+        .expect("signed")
+        .access_token
+}
+
+/// `Authorization` value of a token for the admin.
+pub fn admin_bearer() -> String {
+    format!("Bearer {}", token_for("admin", Role::Admin))
+}
+
+/// `Authorization` value of a token for some customer.
+pub fn customer_bearer() -> String {
+    format!(
+        "Bearer {}",
+        token_for("0190c2a4-0000-7000-8000-0000000000c1", Role::Customer)
+    )
+}
 
 /// A running books service on its own PostgreSQL. Dropping it stops the server and the database.
 pub struct TestApp {
@@ -40,6 +74,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Config)) -> TestApp {
     config.http.shutdown_grace_seconds = 1;
     config.db.url = db_url.clone();
     config.db.acquire_timeout_ms = 1000;
+    config.auth = auth_config();
     customise(&mut config);
     let app = Application::build(config)
         .await
@@ -65,10 +100,11 @@ impl TestApp {
         self.post_raw(body.to_string(), "application/json").await
     }
 
-    /// A POST with any body and content type, for malformed input.
+    /// A POST as the admin with any body and content type, for malformed input.
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> Response {
         self.client
             .post(self.url("/api/books"))
+            .header("authorization", admin_bearer())
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -133,6 +169,7 @@ impl TestApp {
         let mut request = self
             .client
             .put(self.url(&format!("/api/books/{id}")))
+            .header("authorization", admin_bearer())
             .header("content-type", "application/json")
             .body(body.to_string());
         if let Some(version) = if_match {
@@ -142,7 +179,10 @@ impl TestApp {
     }
 
     pub async fn delete_book(&self, id: &str, if_match: Option<&str>) -> Response {
-        let mut request = self.client.delete(self.url(&format!("/api/books/{id}")));
+        let mut request = self
+            .client
+            .delete(self.url(&format!("/api/books/{id}")))
+            .header("authorization", admin_bearer());
         if let Some(version) = if_match {
             request = request.header("if-match", version);
         }

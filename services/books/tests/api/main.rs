@@ -1,6 +1,7 @@
 //! Integration tests: the real application on a random port against a real, throw-away PostgreSQL,
 //! driven over HTTP the way clients drive it. One binary, so everything is compiled and linked once.
 
+mod auth;
 mod create;
 mod delete;
 mod helpers;

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, book, fields_of, spawn_app, spawn_app_with};
+use crate::helpers::{admin_bearer, assert_problem, book, fields_of, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn malformed_json_is_a_400() {
@@ -162,6 +162,7 @@ async fn a_body_that_is_not_json_is_a_415() {
     let response = app
         .client
         .post(app.url("/api/books"))
+        .header("authorization", admin_bearer())
         .body(book(1).to_string())
         .send()
         .await

@@ -67,8 +67,38 @@ fn hash_blocking(password: &Password) -> anyhow::Result<String> {
     Ok(hash.to_string())
 }
 
-/// Whether `candidate` matches the stored PHC string. For the login route: callers should also verify
-/// against a dummy hash when the email is unknown, so response time does not reveal which emails exist.
+/// A hash nobody's password matches, verified against when a login names an unknown email so that
+/// the answer takes as long as for a known one. Computed once, on a blocking thread.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    hash_blocking(&Password("no account has this password, ever".into())).unwrap_or_default()
+});
+
+/// Computes the dummy hash now (at start-up), so the first unknown-email login is not slower.
+pub async fn warm_up() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(|| LazyLock::force(&DUMMY_HASH).len())
+        .await
+        .context("Failed to join the password warm-up task")?;
+    Ok(())
+}
+
+/// Spends the time of one verification and answers `false`: what login does for an unknown email.
+pub async fn verify_dummy(candidate: String) -> anyhow::Result<bool> {
+    let permit = HASHING
+        .acquire()
+        .await
+        .context("The hashing semaphore is closed")?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _ = verify_blocking(&candidate, &DUMMY_HASH);
+        false
+    })
+    .await
+    .context("Failed to join the password verification task")
+}
+
+/// Whether `candidate` matches the stored PHC string. For the login route: callers also verify
+/// against a dummy hash ([`verify_dummy`]) when the email is unknown, so response time does not
+/// reveal which emails exist.
 pub async fn verify_password(candidate: String, stored_hash: String) -> anyhow::Result<bool> {
     let permit = HASHING
         .acquire()
@@ -119,6 +149,14 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(verify_password("correct horse".into(), hash.clone()).await?);
         assert!(!verify_password("wrong horse".into(), hash).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_matches_nothing() -> anyhow::Result<()> {
+        warm_up().await?;
+        assert!(!verify_dummy("no account has this password, ever".into()).await?);
+        assert!(DUMMY_HASH.starts_with("$argon2id$"));
         Ok(())
     }
 

@@ -5,14 +5,14 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use platform::ApiError;
-use platform::extract::{Json, Path};
+use platform::extract::Json;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::idempotency::{self, Answer, IdempotencyKey};
 use super::object::Object;
-use super::{AppState, customer_not_found};
+use super::{AppState, OwnCustomer, customer_not_found};
 use crate::domain::{CreditAmount, Customer};
 
 /// `amount_cents` stays raw JSON until [`CreditAmount::parse`], so every wrong shape (string, fraction,
@@ -29,9 +29,10 @@ pub fn router() -> Router<AppState> {
 }
 
 /// 200 with the customer's new balance; 404 unknown customer; 422 bad amount or balance over the cap.
+/// The customer themself or the admin (see [`OwnCustomer`]).
 async fn top_up_credit(
+    OwnCustomer(id): OwnCustomer,
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
     key: Option<IdempotencyKey>,
     Json(Object(body)): Json<Object<TopUp>>,
 ) -> Result<Response, ApiError> {

@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use platform::ApiError;
-use platform::extract::{Json, Path};
+use platform::auth::MaybeAuthUser;
+use platform::extract::Json;
 use platform::problem::violated_constraint;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -13,7 +14,7 @@ use uuid::Uuid;
 
 use super::idempotency::Answer;
 use super::object::Object;
-use super::{AppState, customer_not_found, invalid_fields};
+use super::{AppState, OwnCustomer, customer_not_found, invalid_fields};
 use crate::domain::{Customer, CustomerName, Email, NewCustomer, hash_password};
 
 /// `POST /api/customers`. Fields are plain strings here; their rules live in [`NewCustomer::parse`].
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
 
 /// 201 with the new customer and its `Location`; 409 when the email is taken in any letter case.
 async fn create_customer(
+    _: MaybeAuthUser,
     State(state): State<AppState>,
     Json(Object(body)): Json<Object<SignUp>>,
 ) -> Result<Response, ApiError> {
@@ -71,9 +73,10 @@ async fn insert_customer(
     })
 }
 
+/// The customer themself or the admin (see [`OwnCustomer`]).
 async fn get_customer(
+    OwnCustomer(id): OwnCustomer,
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
 ) -> Result<Json<Customer>, ApiError> {
     let customer = find_customer(&state.pool, id)
         .await?

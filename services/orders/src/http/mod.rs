@@ -1,36 +1,74 @@
 //! The HTTP API: one module per resource, each with its own `router()`, merged here.
 //!
-//! Handlers take the identity-free extractors they need today; when authentication arrives, an
-//! identity extractor (`AuthUser`) is added as one more argument, with no change to the handler bodies.
+//! Who may call what is said by each handler's first extractor: `MaybeAuthUser` (anyone; a token,
+//! when sent, must be valid), [`OwnCustomer`] (the customer named in the path, or the admin) or
+//! `AuthUser` plus a check on the loaded row (orders: their owner, or the admin).
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use platform::auth::{AuthUser, TokenVerifier};
+use platform::extract::Path;
 use platform::{ApiError, FieldError};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::CreditConfig;
 
 pub mod credit;
 pub mod customers;
 pub mod idempotency;
+pub mod login;
 pub mod object;
 pub mod orders;
+
+pub use login::Auth;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub credit: CreditConfig,
+    pub auth: Auth,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, credit: CreditConfig) -> Self {
-        AppState { pool, credit }
+    pub fn new(pool: PgPool, credit: CreditConfig, auth: Auth) -> Self {
+        AppState { pool, credit, auth }
     }
 }
 
-/// `/api/customers…` and `/api/orders…`; the server adds health, metrics and the standard layers.
+/// Lets the auth extractors find the token verifier.
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Arc<TokenVerifier> {
+        state.auth.verifier.clone()
+    }
+}
+
+/// The `{id}` of a `/api/customers/{id}…` route, extracted only when the caller is that customer or
+/// the admin: 401 without a valid token, 403 for anyone else — before the body is read, and whether
+/// or not the id exists (a customer cannot probe for other customers' ids).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnCustomer(pub Uuid);
+
+impl FromRequestParts<AppState> for OwnCustomer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let Path(id) = Path::<Uuid>::from_request_parts(parts, state).await?;
+        user.require_self_or_admin(id)?;
+        Ok(OwnCustomer(id))
+    }
+}
+
+/// `/api/auth/token`, `/api/customers…` and `/api/orders…`; the server adds health, metrics and the
+/// standard layers.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(login::router())
         .merge(customers::router())
         .merge(credit::router())
         .merge(orders::router())

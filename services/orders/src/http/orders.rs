@@ -11,12 +11,13 @@ use axum::extract::State;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use platform::ApiError;
+use platform::auth::AuthUser;
 use platform::extract::{Json, Path, Query};
 use platform::pagination::{Page, PageQuery, PageRequest};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{AppState, customer_not_found};
+use super::{AppState, OwnCustomer, customer_not_found};
 use crate::domain::{Order, OrderLine, OrderMode, OrderStatus};
 
 /// The sort key a cursor carries: the last order shown.
@@ -28,7 +29,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/customers/{id}/orders", get(list_customer_orders))
 }
 
+/// The order's owner or the admin; another customer gets 403 (an unknown id is 404 for everyone).
 async fn get_order(
+    user: AuthUser,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
@@ -40,6 +43,7 @@ async fn get_order(
     .fetch_optional(&state.pool)
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no order has the id {id}")))?;
+    user.require_self_or_admin(row.customer_id)?;
     let mut orders = with_lines(&state.pool, vec![row]).await?;
     orders
         .pop()
@@ -49,8 +53,8 @@ async fn get_order(
 
 /// `GET /api/customers/{id}/orders?limit&cursor`: 404 for an unknown customer, even with no orders.
 async fn list_customer_orders(
+    OwnCustomer(customer_id): OwnCustomer,
     State(state): State<AppState>,
-    Path(customer_id): Path<Uuid>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<Order>>, ApiError> {
     let page: PageRequest<OrderKey> = query.parse()?;

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use orders::{Application, Config};
+use platform::auth::{AuthConfig, Role, TokenIssuer};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -10,10 +11,45 @@ use testkit::TestPostgres;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The signing key, and the admin account, of every test app.
+pub const JWT_SECRET: &str = "orders-tests-jwt-secret-0123456789abcdef";
+pub const ADMIN_EMAIL: &str = "admin@bookstore.local";
+pub const ADMIN_PASSWORD: &str = "orders-tests-admin-password";
+/// The password of customers made by [`TestApp::create_customer`].
+pub const CUSTOMER_PASSWORD: &str = "correct horse";
+
+/// The auth settings of a test app.
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        jwt_secret: JWT_SECRET.into(),
+        internal_token: "orders-tests-internal-token".into(),
+        admin_password: ADMIN_PASSWORD.into(),
+        ..AuthConfig::default()
+    }
+}
+
+/// `Authorization: Bearer …` for `subject` with `role`, signed with the test key.
+pub fn bearer(subject: &str, role: Role) -> String {
+    let token = TokenIssuer::new(&auth_config())
+        .expect("valid auth config")
+        .issue(subject, role)
+        .expect("signed")
+        .access_token;
+    format!("Bearer {token}")
+}
+
+/// `Authorization` value for the customer whose JSON is `customer`.
+pub fn bearer_of(customer: &Value) -> String {
+    bearer(&id_of(customer), Role::Customer)
+}
+
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// Sends the admin's token on every request (see [`TestApp::anonymous`] for a client without).
     pub client: reqwest::Client,
+    /// A client that sends no token.
+    pub anonymous: reqwest::Client,
     /// The service role's pool, for direct SQL (inserting orders, inspecting rows).
     pub db: PgPool,
     pub db_url: String,
@@ -47,6 +83,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     config.db.url = db_url.clone();
     config.db.acquire_timeout_ms = 1000;
     config.db.startup_timeout_seconds = 10;
+    config.auth = auth_config();
     adjust(&mut config);
     let app = Application::build(config)
         .await
@@ -55,9 +92,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let db = PgPool::connect(&db_url).await.expect("test pool");
+    let mut admin = reqwest::header::HeaderMap::new();
+    admin.insert(
+        reqwest::header::AUTHORIZATION,
+        HeaderValue::from_str(&bearer("admin", Role::Admin)).expect("a header value"),
+    );
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(admin)
+            .build()
+            .expect("client"),
+        anonymous: reqwest::Client::new(),
         db,
         db_url,
         pg: Some(pg),
@@ -70,6 +116,36 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// `GET path` with `authorization` as the `Authorization` header (none when `None`).
+    pub async fn get_as(&self, path: &str, authorization: Option<&str>) -> reqwest::Response {
+        let mut request = self.anonymous.get(self.url(path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.send().await.expect("GET sent")
+    }
+
+    /// `POST path` with a JSON body, as `authorization` (none when `None`).
+    pub async fn post_as(
+        &self,
+        path: &str,
+        body: &Value,
+        authorization: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.anonymous.post(self.url(path)).json(body);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.send().await.expect("POST sent")
+    }
+
+    /// `POST /api/auth/token`, anonymously.
+    pub async fn log_in(&self, email: &str, password: &str) -> reqwest::Response {
+        let body = json!({"email": email, "password": password});
+        self.post_as("/api/auth/token", &body, None).await
+    }
+
+    /// `GET path` as the admin.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -109,7 +185,7 @@ impl TestApp {
     /// Signs a fresh customer up through the API and returns its JSON.
     pub async fn create_customer(&self) -> Value {
         let email = format!("reader-{}@example.com", Uuid::new_v4().simple());
-        let response = self.sign_up(&email, "A Reader", "correct horse").await;
+        let response = self.sign_up(&email, "A Reader", CUSTOMER_PASSWORD).await;
         assert_eq!(response.status(), 201, "sign-up succeeds");
         response.json().await.expect("customer JSON")
     }

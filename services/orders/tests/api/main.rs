@@ -1,5 +1,6 @@
 //! Integration tests: the real service on a random port over a fresh PostgreSQL per test.
 
+mod auth;
 mod bad_input;
 mod credit;
 mod customers;
