@@ -717,6 +717,29 @@ mod tests {
         assert!(deadline::parse(&inner.calls()[1].1.headers) <= Some(Duration::from_millis(700)));
     }
 
+    type MockHandle = mock::Handle<Exchange, Response<Body>>;
+
+    /// A retry layer over a mock upstream, with a budget of max(3, 20 % of requests in flight).
+    fn budgeted_stack() -> (Retry<MockInner>, MockHandle, RetryBudgets) {
+        let (mock, handle) = mock::pair::<Exchange, Response<Body>>();
+        let inner = mock.map_err(from_mock as fn(tower::BoxError) -> UpstreamError);
+        let budgets = RetryBudgets::new(BudgetConfig {
+            budget_percent: 20.0,
+            min_retry_concurrency: 3,
+        });
+        let layer = Retry::layer(
+            RetryConfig::default(),
+            budgets.clone(),
+            ServiceBreakers::new(ServiceBreakerConfig::default()),
+        );
+        (tower::Layer::layer(&layer, inner), handle, budgets)
+    }
+
+    type MockInner = tower::util::MapErr<
+        mock::Mock<Exchange, Response<Body>>,
+        fn(tower::BoxError) -> UpstreamError,
+    >;
+
     fn from_mock(error: tower::BoxError) -> UpstreamError {
         match error.downcast::<UpstreamError>() {
             Ok(error) => *error,
@@ -729,18 +752,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refused_connections_are_rerouted_without_spending_the_budget() {
-        let (mock, mut handle) = mock::pair::<Exchange, Response<Body>>();
-        let inner = mock.map_err(from_mock as fn(tower::BoxError) -> UpstreamError);
-        let budgets = RetryBudgets::new(BudgetConfig {
-            budget_percent: 20.0,
-            min_retry_concurrency: 3,
-        });
-        let layer = Retry::layer(
-            RetryConfig::default(),
-            budgets.clone(),
-            ServiceBreakers::new(ServiceBreakerConfig::default()),
-        );
-        let service = tower::Layer::layer(&layer, inner);
+        let (service, mut handle, budgets) = budgeted_stack();
         let tasks: Vec<_> = (0..10)
             .map(|_| tokio::spawn(service.clone().oneshot(exchange(Method::POST))))
             .collect();
@@ -767,18 +779,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_bounds_concurrent_reroutes_and_counts_exhaustion() {
-        let (mock, mut handle) = mock::pair::<Exchange, Response<Body>>();
-        let inner = mock.map_err(from_mock as fn(tower::BoxError) -> UpstreamError);
-        let budgets = RetryBudgets::new(BudgetConfig {
-            budget_percent: 20.0,
-            min_retry_concurrency: 3,
-        });
-        let layer = Retry::layer(
-            RetryConfig::default(),
-            budgets.clone(),
-            ServiceBreakers::new(ServiceBreakerConfig::default()),
-        );
-        let service = tower::Layer::layer(&layer, inner);
+        let (service, mut handle, budgets) = budgeted_stack();
         let budget = budgets.for_service("books");
 
         let tasks: Vec<_> = (0..10)

@@ -256,3 +256,21 @@ async fn unrouted_and_internal_paths_are_404_problems() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn oversize_headers_are_refused_with_431_before_any_upstream_sees_them() -> anyhow::Result<()>
+{
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway(
+        vec![instance("books-a", upstream)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    let response = client()
+        .get(format!("{gw}/api/books"))
+        .header("x-huge", "x".repeat(20 * 1024))
+        .send()
+        .await?;
+    expect_problem(response, 431).await?;
+    Ok(())
+}

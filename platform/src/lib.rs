@@ -10,6 +10,7 @@ pub mod db;
 pub mod deadline;
 pub mod extract;
 pub mod faults;
+pub mod limits;
 pub mod metrics;
 pub mod pagination;
 pub mod problem;

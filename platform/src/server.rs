@@ -22,6 +22,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::faults::{self, FaultConfig};
+use crate::limits::{self, HeaderLimits};
 use crate::problem::Problem;
 use crate::{deadline, extract, metrics};
 
@@ -42,6 +43,8 @@ pub struct HttpConfig {
     pub port_file: Option<PathBuf>,
     /// Injected errors and delays for resilience tests and chaos runs; off by default.
     pub faults: FaultConfig,
+    /// Most header fields and bytes a request may carry (431 beyond).
+    pub header_limits: HeaderLimits,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +55,7 @@ impl Default for HttpConfig {
             shutdown_grace_seconds: 10,
             port_file: None,
             faults: FaultConfig::default(),
+            header_limits: HeaderLimits::default(),
         }
     }
 }
@@ -189,6 +193,10 @@ pub fn with_standard_layers(
                 .on_response(log_response),
         )
         .merge(ops)
+        .layer(middleware::from_fn_with_state(
+            config.header_limits,
+            limits::enforce,
+        ))
         .layer(middleware::map_response(close_after_refused_body))
         .layer(CatchPanicLayer::custom(panic_problem))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

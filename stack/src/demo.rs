@@ -212,18 +212,33 @@ async fn post(
     body: &serde_json::Value,
     token: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut request = client.post(url).json(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+    // A gateway with a strict rate limit answers 429: wait as told and try again, like any
+    // well-behaved client (these writes are not idempotent, but a 429 means it was not done).
+    for _ in 0..20 {
+        let mut request = client.post(url).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .min(5);
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            continue;
+        }
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        anyhow::ensure!(
+            status.is_success(),
+            "demo data: POST {url} answered {status}: {answer}"
+        );
+        return Ok(answer);
     }
-    let response = request.send().await?;
-    let status = response.status();
-    let answer: serde_json::Value = response.json().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "demo data: POST {url} answered {status}: {answer}"
-    );
-    Ok(answer)
+    anyhow::bail!("demo data: POST {url} was rate limited 20 times; raise the gateway's rate limit")
 }
 
 #[cfg(test)]

@@ -60,8 +60,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let healthy = rows.iter().all(|r| r.health == "ready");
+    let upstreams = gateway_view(&client, &args.dir, &state.gateway_url).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let view = serde_json::json!({"processes": rows, "upstreams": upstreams.as_ref().ok()});
+        println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         println!(
             "supervisor pid {}   gateway {}   registry {}",
@@ -75,11 +77,86 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if !args.json {
+        print_upstreams(&upstreams);
+    }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The gateway's own view (`/admin/upstreams`): breakers, in-flight requests, error rates.
+async fn gateway_view(
+    client: &reqwest::Client,
+    dir: &std::path::Path,
+    gateway: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let secrets = crate::state::Secrets::load_or_create(dir)?;
+    let login =
+        serde_json::json!({"email": crate::state::ADMIN_EMAIL, "password": secrets.admin_password});
+    let token: serde_json::Value = client
+        .post(format!("{gateway}/api/auth/token"))
+        .json(&login)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = token["access_token"].as_str().unwrap_or_default();
+    Ok(client
+        .get(format!("{gateway}/admin/upstreams"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+fn print_upstreams(view: &anyhow::Result<serde_json::Value>) {
+    let services = match view {
+        Ok(view) => view["services"].as_array().cloned().unwrap_or_default(),
+        Err(e) => {
+            println!("\nthe gateway's view of its upstreams is unavailable: {e:#}");
+            return;
+        }
+    };
+    println!(
+        "\n{:<10} {:<14} {:<21} {:<10} {:>9} {:>7} {:>9}",
+        "UPSTREAM", "INSTANCE", "ADDRESS", "BREAKER", "IN-FLIGHT", "ERRORS", "EJECTIONS"
+    );
+    for service in &services {
+        let name = service["service"].as_str().unwrap_or_default();
+        for instance in service["instances"].as_array().into_iter().flatten() {
+            let address = format!(
+                "{}:{}",
+                instance["address"].as_str().unwrap_or_default(),
+                instance["port"]
+            );
+            println!(
+                "{:<10} {:<14} {:<21} {:<10} {:>9} {:>6.1}% {:>9}",
+                name,
+                instance["id"].as_str().unwrap_or_default(),
+                address,
+                instance["state"].as_str().unwrap_or_default(),
+                instance["in_flight"].as_u64().unwrap_or(0),
+                instance["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                instance["ejections"].as_u64().unwrap_or(0),
+            );
+        }
+        let panic = if service["panic_mode"].as_bool() == Some(true) {
+            ", panic mode (routing to all)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<10} service breaker {}{panic}",
+            name,
+            service["service_breaker"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 async fn probe(client: &reqwest::Client, process: &ProcessInfo) -> String {

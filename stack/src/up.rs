@@ -29,7 +29,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
     pub instances: u16,
     /// Do not load demo data into an empty catalog.
-    #[arg(long)]
+    #[arg(long, env = "BOOKSTORE_NO_DEMO")]
     pub no_demo: bool,
     /// Print nothing but errors (progress is also hidden when not on a terminal or under CI).
     #[arg(long)]

@@ -13,6 +13,18 @@ async fn status_lists_every_process_as_ready() -> anyhow::Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
+    // The gateway's view: every service instance with a closed breaker, and each service breaker.
+    for instance in platform
+        .processes("books")
+        .iter()
+        .chain(&platform.processes("orders"))
+    {
+        let port = instance.url.rsplit(':').next().unwrap_or_default();
+        let id = format!("{}-{port}", instance.kind);
+        let line = text.lines().find(|l| l.contains(&id)).unwrap_or_default();
+        assert!(line.contains("closed"), "{id}: {line:?}\n{text}");
+    }
+    assert_eq!(text.matches("service breaker closed").count(), 2, "{text}");
     for name in [
         "postgres",
         "discovery",

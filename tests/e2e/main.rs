@@ -6,6 +6,7 @@ mod cli;
 mod gateway;
 mod lifecycle;
 mod resilience;
+mod traffic;
 
 use std::path::Path;
 
