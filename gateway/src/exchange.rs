@@ -81,9 +81,6 @@ pub enum UpstreamError {
     /// The client's deadline passed before an answer came.
     #[error("no answer from {service} within the deadline")]
     DeadlineExceeded { service: String },
-    /// Too many requests are already in flight through the gateway.
-    #[error("the gateway is at capacity")]
-    Overloaded,
 }
 
 impl UpstreamError {
@@ -106,8 +103,7 @@ impl UpstreamError {
             UpstreamError::Failed { .. } => StatusCode::BAD_GATEWAY,
             UpstreamError::Connect { .. }
             | UpstreamError::NoInstance { .. }
-            | UpstreamError::ServiceOpen { .. }
-            | UpstreamError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            | UpstreamError::ServiceOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

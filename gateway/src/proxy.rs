@@ -152,11 +152,6 @@ pub fn upstream_problem(err: &UpstreamError) -> Response {
             format!("the {service} service is failing and is being given time to recover"),
             Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
         ),
-        UpstreamError::Overloaded => (
-            "overloaded",
-            "the gateway is at capacity".to_owned(),
-            Some(1),
-        ),
         UpstreamError::Timeout { .. } | UpstreamError::DeadlineExceeded { .. } => (
             "upstream-timeout",
             "the service did not answer in time".to_owned(),

@@ -222,8 +222,7 @@ fn judge(
                 // No instance to blame: nowhere else to go, or a decision above the upstreams.
                 UpstreamError::NoInstance { .. }
                 | UpstreamError::ServiceOpen { .. }
-                | UpstreamError::DeadlineExceeded { .. }
-                | UpstreamError::Overloaded => return Verdict::Done,
+                | UpstreamError::DeadlineExceeded { .. } => return Verdict::Done,
             };
             if error.never_sent() || exchange.is_idempotent() {
                 Verdict::Reroute {

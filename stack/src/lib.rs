@@ -8,7 +8,6 @@ pub mod os_user;
 pub mod ports;
 pub mod postgres;
 pub mod process;
-pub mod signal;
 pub mod state;
 pub mod status;
 pub mod up;

@@ -59,7 +59,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             ..State::default()
         },
     };
-    let signal = crate::signal::wait();
+    let signal = platform::shutdown::wait_for_signal();
     tokio::pin!(signal);
     let started = tokio::select! {
         result = start(&args, &mut running, &progress) => result,

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{admin_token, all_books, client, expect_problem, log_in, start};
+use crate::{admin_token, all_books, client, expect_problem, log_in, metric, start};
 
 #[tokio::test]
 async fn the_gateway_serves_books_customers_and_orders_from_their_services() -> anyhow::Result<()> {
@@ -148,7 +148,7 @@ async fn requests_carry_a_request_id_and_are_spread_over_both_instances() -> any
         "the gateway assigns one when absent"
     );
 
-    let before = list_requests_per_instance(&client, &platform).await?;
+    let before = list_requests_per_instance(&platform).await?;
     for _ in 0..20 {
         client
             .get(format!("{gw}/api/books?limit=1"))
@@ -156,7 +156,7 @@ async fn requests_carry_a_request_id_and_are_spread_over_both_instances() -> any
             .await?
             .error_for_status()?;
     }
-    let after = list_requests_per_instance(&client, &platform).await?;
+    let after = list_requests_per_instance(&platform).await?;
     let served: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(served.len(), 2);
     assert_eq!(served.iter().sum::<f64>(), 20.0, "{served:?}");
@@ -168,28 +168,11 @@ async fn requests_carry_a_request_id_and_are_spread_over_both_instances() -> any
 }
 
 /// `GET /api/books` requests each books instance has served, from its own /metrics.
-async fn list_requests_per_instance(
-    client: &reqwest::Client,
-    platform: &testkit::TestPlatform,
-) -> anyhow::Result<Vec<f64>> {
+async fn list_requests_per_instance(platform: &testkit::TestPlatform) -> anyhow::Result<Vec<f64>> {
     let mut counts = Vec::new();
     for instance in platform.processes("books") {
-        let text = client
-            .get(format!("{}/metrics", instance.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let count = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("http_requests_total{")
-                    && l.contains("route=\"/api/books\"")
-                    && l.contains("method=\"GET\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        counts.push(count);
+        let labels = [("route", "/api/books"), ("method", "GET")];
+        counts.push(metric(&instance.url, "http_requests_total", &labels).await?);
     }
     Ok(counts)
 }

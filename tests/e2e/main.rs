@@ -134,3 +134,24 @@ pub async fn all_books(client: &reqwest::Client, gateway: &str) -> anyhow::Resul
         }
     }
 }
+
+/// Sum of every sample of `name` in the `/metrics` of the process at `base`, over the series whose
+/// labels contain all of `labels` (`key="value"` pairs).
+pub async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use testkit::TestPlatform;
 
-use crate::{bookstore, client};
+use crate::{bookstore, client, metric};
 
 /// A platform whose gateway does not rate-limit: these tests load it from one address on purpose.
 async fn start() -> anyhow::Result<TestPlatform> {
@@ -28,26 +28,6 @@ fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
 /// The registry id of an instance: `<kind>-<port>`.
 fn instance_id(kind: &str, url: &str) -> String {
     format!("{kind}-{}", url.rsplit(':').next().unwrap_or_default())
-}
-
-/// Sum of every sample of `name` whose labels contain all of `labels` (`key="value"` pairs).
-pub async fn metric(gateway: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-    let text = client()
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
 }
 
 /// Sends `GET /api/books?limit=1` from `workers` loops for `duration`; returns every status (0 = no answer).

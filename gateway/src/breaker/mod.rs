@@ -176,7 +176,6 @@ pub fn classify(result: &Result<Response<Body>, UpstreamError>) -> Option<Outcom
         Err(
             UpstreamError::NoInstance { .. }
             | UpstreamError::ServiceOpen { .. }
-            | UpstreamError::Overloaded
             | UpstreamError::DeadlineExceeded { .. },
         ) => None,
     }

@@ -277,7 +277,6 @@ fn only_failures_of_the_instance_count() {
             service: "books".into(),
             retry_after: ms(1_000),
         },
-        UpstreamError::Overloaded,
         UpstreamError::DeadlineExceeded {
             service: "books".into(),
         },
