@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bookstore",
@@ -35,6 +38,8 @@ enum Command {
     Books(ComponentArgs),
     /// Run an orders service instance.
     Orders(ComponentArgs),
+    /// Run a transaction coordinator instance (two-phase commit and sagas for checkout).
+    Coordinator(ComponentArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +98,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Discovery(args) => component("discovery", args, run_discovery).await,
         Command::Books(args) => component("books", args, run_books).await,
         Command::Orders(args) => component("orders", args, run_orders).await,
+        Command::Coordinator(args) => component("coordinator", args, run_coordinator).await,
     }
 }
 
@@ -142,12 +148,32 @@ async fn run_books(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow
 }
 
 async fn run_orders(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config: Registered<orders::Config> = platform::config::load(file.as_deref())?;
+    let mut config: Registered<orders::Config> = platform::config::load(file.as_deref())?;
+    // Checkout finds books and the coordinator through the same registry the instance joins.
+    config.service.checkout.registry = Some(config.registry.clone());
     let app = orders::Application::build(config.service).await?;
     let addr = app.local_addr();
     let serve = |stop| app.run_until_stopped(stop);
     serve_registered(
         "orders",
+        addr,
+        config.registry,
+        config.drain_after_deregister_ms,
+        shutdown,
+        serve,
+    )
+    .await
+}
+
+async fn run_coordinator(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut config: Registered<coordinator::Config> = platform::config::load(file.as_deref())?;
+    // `registry` is read once, by the wrapper: the coordinator finds participants where it registers.
+    config.service.registry = config.registry.clone();
+    let app = coordinator::Application::build(config.service).await?;
+    let addr = app.local_addr();
+    let serve = |stop| app.run_until_stopped(stop);
+    serve_registered(
+        "coordinator",
         addr,
         config.registry,
         config.drain_after_deregister_ms,

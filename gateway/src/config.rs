@@ -80,6 +80,7 @@ impl Default for Config {
             routes: vec![
                 route("/api/auth", "orders"),
                 route("/api/books", "books"),
+                route("/api/checkout", "orders"),
                 route("/api/customers", "orders"),
                 route("/api/orders", "orders"),
             ],

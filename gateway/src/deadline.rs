@@ -5,7 +5,9 @@
 //!   flight — and the client gets `DeadlineExceeded` (504).
 //! - [`stamp`] writes the time left into [`REQUEST_TIMEOUT_HEADER`] as *relative* milliseconds, so
 //!   clock skew between hosts cannot shorten or stretch it; services stop working for a caller that
-//!   has given up. The deadline layer stamps on entry and the retry layer again before each attempt.
+//!   has given up. The exchange carries its deadline down to each attempt, and
+//!   [`Forward::send_exchange`](crate::forward::Forward::send_exchange) stamps what that attempt has
+//!   left (its own timeout, which the deadline cuts shorter) once, on the request it sends.
 //! - [`TimeoutConfig`] gives each route its timeout, from which the deadline is computed on arrival.
 
 use std::time::Duration;
@@ -44,7 +46,8 @@ pub struct TimeoutConfig {
     pub default_ms: u64,
     /// Rules by path prefix (whole segments: `/api/books` matches `/api/books/1`, not
     /// `/api/booksx`) and optionally method; the longest matching prefix wins, and for the same
-    /// prefix a rule naming the method beats one that does not (default: none).
+    /// prefix a rule naming the method beats one that does not (default: `POST /api/checkout`
+    /// 15 000 ms, room for the price quote and the coordinator's answer).
     pub per_route: Vec<RouteTimeout>,
 }
 
@@ -52,7 +55,11 @@ impl Default for TimeoutConfig {
     fn default() -> Self {
         TimeoutConfig {
             default_ms: 5_000,
-            per_route: Vec::new(),
+            per_route: vec![RouteTimeout {
+                prefix: "/api/checkout".into(),
+                method: Some("POST".into()),
+                timeout_ms: 15_000,
+            }],
         }
     }
 }
@@ -132,7 +139,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut exchange: Exchange) -> Self::Future {
+    fn call(&mut self, exchange: Exchange) -> Self::Future {
         let deadline = exchange.deadline;
         let service = exchange.service.clone();
         if Instant::now() >= deadline {
@@ -141,8 +148,6 @@ where
                 service,
             })));
         }
-        let remaining = exchange.remaining();
-        stamp(&mut exchange.headers, remaining);
         let call = self.inner.call(exchange);
         Box::pin(async move {
             // On expiry `timeout_at` drops `call`, cancelling whatever attempt is in flight.
@@ -238,7 +243,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_answer_before_the_deadline_passes_through_with_the_time_left_stamped() {
+    async fn an_answer_before_the_deadline_passes_through_and_the_attempt_carries_the_time_left() {
         let (mock, mut handle) = tower_test::mock::pair::<Exchange, Response<Body>>();
         let inner = mock.map_err(|e: tower::BoxError| UpstreamError::Failed {
             instance: "mock".into(),
@@ -247,7 +252,8 @@ mod tests {
         let service = Deadline::new(inner);
         let call = tokio::spawn(service.oneshot(exchange(Duration::from_millis(250))));
         let (sent, respond) = handle.next_request().await.expect("a request");
-        assert_eq!(parse(&sent.headers), Some(Duration::from_millis(250)));
+        // What the attempt has left, which forward stamps on the request it sends.
+        assert_eq!(sent.remaining(), Duration::from_millis(250));
         tokio::time::advance(Duration::from_millis(200)).await;
         respond.send_response(Response::new(Body::empty()));
         let result = call.await.expect("task");

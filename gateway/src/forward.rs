@@ -1,38 +1,74 @@
-//! Sends one request to one chosen instance over a keep-alive pool and streams the answer back.
-//! It knows nothing of routing or retries; those wrap it.
+//! Sends one attempt of an [`Exchange`] to one chosen instance over a keep-alive pool (hyper's
+//! HTTP/1 client) and streams the answer back. It knows nothing of routing or retries; those wrap
+//! it.
 
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use discovery::client::Instance;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use http_body_util::Full;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use metrics::{Counter, Histogram};
+use tokio::time::{Instant, Sleep};
 
 use crate::config::UpstreamConfig;
+use crate::deadline;
 use crate::exchange::{Exchange, UpstreamError};
 
-/// Why an upstream exchange failed. `Connect` means the request was never sent, which later lets the
-/// retry layer reroute even non-idempotent requests safely.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("could not connect to {instance}: {source}")]
-    Connect {
-        instance: String,
-        source: reqwest::Error,
-    },
-    #[error("{instance} did not answer in time")]
-    Timeout { instance: String },
-    #[error("exchange with {instance} failed: {source}")]
-    Other {
-        instance: String,
-        source: reqwest::Error,
-    },
-}
-
-/// The forwarding client (one connection pool shared by all instances).
+/// The forwarding client: one connection pool shared by all instances. Cheap to clone.
 #[derive(Clone)]
 pub struct Forward {
-    client: reqwest::Client,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// From sending a request to the last byte of its answer.
+    request_timeout: Duration,
+    /// Each instance's authority and `Host` value, by instance id, built once.
+    targets: RwLock<HashMap<String, Arc<Target>>>,
+}
+
+/// Where an instance is, ready to put in a request.
+struct Target {
+    address: String,
+    port: u16,
+    authority: Authority,
+    host: HeaderValue,
+}
+
+impl Target {
+    fn new(instance: &Instance) -> Result<Target, String> {
+        let authority = match instance.address.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", instance.port),
+            _ => format!("{}:{}", instance.address, instance.port),
+        };
+        let authority = Authority::from_maybe_shared(Bytes::from(authority))
+            .map_err(|e| format!("invalid address {}: {e}", instance.address))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        Ok(Target {
+            address: instance.address.clone(),
+            port: instance.port,
+            authority,
+            host,
+        })
+    }
+
+    fn is(&self, instance: &Instance) -> bool {
+        self.port == instance.port && self.address == instance.address
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are about one connection and are never forwarded.
@@ -48,130 +84,269 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 impl Forward {
     pub fn new(config: &UpstreamConfig) -> anyhow::Result<Forward> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        // TCP keepalive as reqwest had it: a pooled connection to a vanished host is noticed.
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .http1_only()
-            .build()?;
-        Ok(Forward { client })
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            // Evicts idle connections in the background, not only when the pool is next used.
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Forward {
+            inner: Arc::new(Inner {
+                client,
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+                targets: RwLock::new(HashMap::new()),
+            }),
+        })
     }
 
-    /// Forwards `request` to `instance`, adding `X-Forwarded-*` for the client at `peer`.
-    pub async fn send(
-        &self,
-        instance: &Instance,
-        request: Request<Body>,
-        peer: Option<SocketAddr>,
-    ) -> Result<Response<Body>, ForwardError> {
-        let (parts, body) = request.into_parts();
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let url = format!(
-            "http://{}:{}{}",
-            instance.address, instance.port, path_and_query
-        );
-        let mut headers = parts.headers;
-        add_forwarded_headers(&mut headers, peer);
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
-        let upstream = self
-            .client
-            .request(parts.method, url)
-            .headers(headers)
-            .body(reqwest::Body::wrap_stream(body.into_data_stream()))
-            .send()
-            .await
-            .map_err(|source| classify(&instance.id, source))?;
-        let mut response = Response::builder().status(upstream.status());
-        if let Some(headers) = response.headers_mut() {
-            headers.extend(upstream.headers().clone());
-            strip_hop_by_hop(headers);
-        }
-        response
-            .body(Body::from_stream(upstream.bytes_stream()))
-            .map_err(|_| ForwardError::Timeout {
-                instance: instance.id.clone(),
-            })
-    }
-}
-
-impl Forward {
-    /// Sends one attempt of `exchange` to `instance`, giving up after `timeout`. This is what the
-    /// resilience layers call per attempt; they decide where and how often.
+    /// Sends one attempt of `exchange` to `instance`, giving up on the answer's head after
+    /// `timeout`. This is what the resilience layers call per attempt; they decide where and how
+    /// often. The request carries the client's headers less the hop-by-hop ones, `X-Forwarded-*`,
+    /// and the time this attempt has left ([`deadline::stamp`]); the answer's body streams through.
     pub async fn send_exchange(
         &self,
         instance: &Instance,
-        exchange: &Exchange,
+        exchange: Exchange,
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
-        let mut request = Request::builder()
-            .method(exchange.method.clone())
-            .uri(exchange.uri.clone())
-            .body(Body::from(exchange.body.clone()))
-            .map_err(|e| UpstreamError::Failed {
-                instance: instance.id.clone(),
-                reason: e.to_string(),
-            })?;
-        *request.headers_mut() = exchange.headers.clone();
-        // The service stops working on this attempt when the gateway stops waiting for it.
-        crate::deadline::stamp(request.headers_mut(), timeout);
-        let started = std::time::Instant::now();
-        let result = self
-            .attempt(instance, request, exchange.peer, timeout)
-            .await;
-        let outcome = match &result {
-            Ok(response) => response.status().as_u16().to_string(),
-            Err(UpstreamError::Connect { .. }) => "connect_error".into(),
-            Err(UpstreamError::Timeout { .. }) => "timeout".into(),
-            Err(_) => "error".into(),
+        let started = Instant::now();
+        let Exchange {
+            service,
+            method,
+            uri,
+            mut headers,
+            body,
+            peer,
+            ..
+        } = exchange;
+        let result = match self.target(instance) {
+            Ok(target) => {
+                add_forwarded_headers(&mut headers, peer);
+                strip_hop_by_hop(&mut headers);
+                headers.insert(header::HOST, target.host.clone());
+                // The service stops working on this attempt when the gateway stops waiting for it.
+                deadline::stamp(&mut headers, timeout);
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(target.authority.clone());
+                parts.path_and_query = Some(
+                    uri.into_parts()
+                        .path_and_query
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                );
+                match Uri::from_parts(parts) {
+                    Ok(uri) => {
+                        let mut request = Request::new(Full::new(body));
+                        *request.method_mut() = method;
+                        *request.uri_mut() = uri;
+                        *request.headers_mut() = headers;
+                        self.attempt(instance, request, started, timeout).await
+                    }
+                    Err(e) => Err(failed(instance, e.to_string())),
+                }
+            }
+            Err(reason) => Err(failed(instance, reason)),
         };
-        let labels = [
-            ("upstream", exchange.service.clone()),
-            ("instance", instance.id.clone()),
-            ("outcome", outcome),
-        ];
-        metrics::counter!("gateway_upstream_requests_total", &labels).increment(1);
-        metrics::histogram!("gateway_upstream_request_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(UpstreamError::Connect { .. }) => CONNECT_ERROR,
+            Err(UpstreamError::Timeout { .. }) => TIMEOUT,
+            Err(_) => ERROR,
+        };
+        let (requests, duration) = attempt_metrics(&service, &instance.id, outcome);
+        requests.increment(1);
+        duration.record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// The instance's cached target, rebuilt when its address changed.
+    fn target(&self, instance: &Instance) -> Result<Arc<Target>, String> {
+        {
+            let targets = self
+                .inner
+                .targets
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(target) = targets.get(instance.id.as_str())
+                && target.is(instance)
+            {
+                return Ok(target.clone());
+            }
+        }
+        let target = Arc::new(Target::new(instance)?);
+        self.inner
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance.id.clone(), target.clone());
+        Ok(target)
     }
 
     async fn attempt(
         &self,
         instance: &Instance,
-        request: Request<Body>,
-        peer: Option<SocketAddr>,
+        request: Request<Full<Bytes>>,
+        started: Instant,
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.send(instance, request, peer)).await {
+        let request_timeout = self.inner.request_timeout;
+        let response = tokio::time::timeout(
+            timeout.min(request_timeout),
+            self.inner.client.request(request),
+        )
+        .await;
+        match response {
             Err(_) => Err(UpstreamError::Timeout {
                 instance: instance.id.clone(),
             }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(ForwardError::Connect { instance, .. })) => {
-                Err(UpstreamError::Connect { instance })
-            }
-            Ok(Err(ForwardError::Timeout { instance })) => Err(UpstreamError::Timeout { instance }),
-            Ok(Err(ForwardError::Other { instance, source })) => Err(UpstreamError::Failed {
-                instance,
-                reason: source.to_string(),
+            // The connection could not be made: the request was certainly not sent.
+            Ok(Err(error)) if error.is_connect() => Err(UpstreamError::Connect {
+                instance: instance.id.clone(),
             }),
+            Ok(Err(error)) => Err(failed(instance, describe(&error))),
+            Ok(Ok(upstream)) => {
+                let (parts, incoming) = upstream.into_parts();
+                let body = TimedBody {
+                    inner: incoming,
+                    deadline: started + request_timeout,
+                    timer: None,
+                };
+                let mut response = Response::new(Body::new(body));
+                *response.status_mut() = parts.status;
+                *response.headers_mut() = parts.headers;
+                strip_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
         }
     }
 }
 
-fn classify(instance: &str, source: reqwest::Error) -> ForwardError {
-    let instance = instance.to_owned();
-    if source.is_connect() {
-        ForwardError::Connect { instance, source }
-    } else if source.is_timeout() {
-        ForwardError::Timeout { instance }
-    } else {
-        ForwardError::Other { instance, source }
+fn failed(instance: &Instance, reason: String) -> UpstreamError {
+    UpstreamError::Failed {
+        instance: instance.id.clone(),
+        reason,
     }
+}
+
+/// An error with its causes, on one line.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The upstream's answer body, cut off with an error once `request_timeout` has passed since the
+/// request was sent, so an upstream that stalls half way cannot hold the client's connection. The
+/// timer is armed only if the body ever has to wait.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(
+                "the upstream's answer did not finish in time".into(),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `outcome` codes besides HTTP statuses.
+const CONNECT_ERROR: u16 = 0;
+const TIMEOUT: u16 = 1;
+const ERROR: u16 = 2;
+
+fn outcome_label(outcome: u16) -> String {
+    match outcome {
+        CONNECT_ERROR => "connect_error".into(),
+        TIMEOUT => "timeout".into(),
+        ERROR => "error".into(),
+        status => status.to_string(),
+    }
+}
+
+/// `gateway_upstream_requests_total` and `gateway_upstream_request_duration_seconds` handles by
+/// upstream, instance and outcome, as this thread has used them.
+#[derive(Default)]
+struct AttemptMetrics {
+    recorder: usize,
+    by_upstream: HashMap<Box<str>, HashMap<Box<str>, ByOutcome>>,
+}
+
+type ByOutcome = HashMap<u16, (Counter, Histogram)>;
+
+thread_local! {
+    static ATTEMPT_METRICS: RefCell<AttemptMetrics> = RefCell::default();
+}
+
+fn attempt_metrics(upstream: &str, instance: &str, outcome: u16) -> (Counter, Histogram) {
+    ATTEMPT_METRICS.with_borrow_mut(|cache| {
+        let recorder = platform::metrics::recorder_id();
+        if cache.recorder != recorder {
+            cache.by_upstream.clear();
+            cache.recorder = recorder;
+        }
+        if !cache.by_upstream.contains_key(upstream) {
+            cache.by_upstream.insert(upstream.into(), HashMap::new());
+        }
+        let by_instance = cache.by_upstream.get_mut(upstream).expect("inserted above");
+        if !by_instance.contains_key(instance) {
+            by_instance.insert(instance.into(), HashMap::new());
+        }
+        let by_outcome = by_instance.get_mut(instance).expect("inserted above");
+        by_outcome
+            .entry(outcome)
+            .or_insert_with(|| {
+                let labels = [
+                    ("upstream", upstream.to_owned()),
+                    ("instance", instance.to_owned()),
+                    ("outcome", outcome_label(outcome)),
+                ];
+                (
+                    metrics::counter!("gateway_upstream_requests_total", &labels),
+                    metrics::histogram!("gateway_upstream_request_duration_seconds", &labels),
+                )
+            })
+            .clone()
+    })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -195,7 +370,7 @@ fn add_forwarded_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>) {
             Some(existing) => format!("{existing}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
-        if let Ok(value) = HeaderValue::from_str(&chain) {
+        if let Ok(value) = HeaderValue::try_from(chain) {
             headers.insert(x_forwarded_for, value);
         }
     }

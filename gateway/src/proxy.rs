@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
-use http::{Request, StatusCode};
+use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use platform::Problem;
 use tokio::time::Instant;
@@ -70,8 +70,8 @@ impl tower::Service<Request<Body>> for Proxy {
 
 impl Inner {
     async fn handle(&self, request: Request<Body>) -> Response {
-        let path = request.uri().path().to_owned();
-        let Some(service) = self.table.resolve(&path).map(str::to_owned) else {
+        let path = request.uri().path();
+        let Some(service) = self.table.resolve(path).map(str::to_owned) else {
             return Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -81,7 +81,7 @@ impl Inner {
         };
         // The deadline starts at arrival: the route's timeout, shortened by the client's own
         // budget when it sent one (the platform's deadline middleware put it in the extensions).
-        let mut deadline = Instant::now() + self.timeouts.timeout_for(request.method(), &path);
+        let mut deadline = Instant::now() + self.timeouts.timeout_for(request.method(), path);
         if let Some(client) = request.extensions().get::<platform::deadline::Deadline>() {
             deadline = deadline.min(client.0);
         }
@@ -111,14 +111,13 @@ impl Inner {
                 .into_response();
             }
         };
+        // Path and query, as they came (no re-parsing: the parts move over).
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = parts.uri.into_parts().path_and_query;
         let exchange = Exchange {
             service: service.clone(),
             method: parts.method,
-            uri: parts
-                .uri
-                .path_and_query()
-                .and_then(|pq| pq.as_str().parse().ok())
-                .unwrap_or_default(),
+            uri: Uri::from_parts(uri).unwrap_or_default(),
             headers: parts.headers,
             body,
             peer,

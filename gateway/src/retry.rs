@@ -32,6 +32,8 @@
 //!     .service(balancer);
 //! ```
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,12 +42,12 @@ use std::time::Duration;
 use axum::body::Body;
 use futures::future::BoxFuture;
 use http::Response;
+use metrics::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::budget::{RetryBudgets, RetryGuard};
-use crate::deadline;
 use crate::exchange::{Exchange, UpstreamError, is_failure};
 use crate::service_breaker::ServiceBreakers;
 
@@ -248,7 +250,7 @@ where
     let budget = shared.budgets.for_service(&service);
     let _request = budget.request();
     let mut attempts = 1;
-    let mut result = attempt(&mut inner, &mut exchange).await;
+    let mut result = attempt(&mut inner, &exchange).await;
     // The budget slot of the reroute in flight, if any.
     let mut retry_slot: Option<RetryGuard> = None;
     loop {
@@ -288,7 +290,7 @@ where
             return result;
         }
         attempts += 1;
-        let next = attempt(&mut inner, &mut exchange).await;
+        let next = attempt(&mut inner, &exchange).await;
         if let Err(UpstreamError::NoInstance { .. }) = next {
             return result;
         }
@@ -296,16 +298,37 @@ where
     }
 }
 
-/// One attempt on a ready `inner`, with the time left stamped for the upstream.
-async fn attempt<S>(inner: &mut S, exchange: &mut Exchange) -> Result<Response<Body>, UpstreamError>
+/// One attempt on a ready `inner`. The exchange carries its deadline; forward stamps the time the
+/// attempt has left on the request it sends.
+async fn attempt<S>(inner: &mut S, exchange: &Exchange) -> Result<Response<Body>, UpstreamError>
 where
     S: tower::Service<Exchange, Response = Response<Body>, Error = UpstreamError>,
 {
-    let remaining = exchange.remaining();
-    deadline::stamp(&mut exchange.headers, remaining);
-    metrics::counter!("gateway_upstream_attempts_total", "upstream" => exchange.service.clone())
-        .increment(1);
+    attempts_counter(&exchange.service).increment(1);
     inner.call(exchange.clone()).await
+}
+
+thread_local! {
+    /// `gateway_upstream_attempts_total` by upstream, as this thread has used it (and the recorder
+    /// the handles belong to).
+    static ATTEMPTS: RefCell<(usize, HashMap<Box<str>, Counter>)> = RefCell::default();
+}
+
+fn attempts_counter(service: &str) -> Counter {
+    ATTEMPTS.with_borrow_mut(|(recorder, counters)| {
+        let current = platform::metrics::recorder_id();
+        if *recorder != current {
+            counters.clear();
+            *recorder = current;
+        }
+        if let Some(counter) = counters.get(service) {
+            return counter.clone();
+        }
+        let counter =
+            metrics::counter!("gateway_upstream_attempts_total", "upstream" => service.to_owned());
+        counters.insert(service.into(), counter.clone());
+        counter
+    })
 }
 
 #[cfg(test)]
@@ -706,14 +729,16 @@ mod tests {
         request.deadline = Instant::now() + Duration::from_millis(1_000);
         let deadline = request.deadline;
         service.oneshot(request).await.expect("ok");
-        for (at, sent) in inner.calls() {
-            let left = deadline - at;
-            assert_eq!(
-                deadline::parse(&sent.headers),
-                Some(Duration::from_millis(left.as_millis() as u64))
-            );
-        }
-        assert!(deadline::parse(&inner.calls()[1].1.headers) <= Some(Duration::from_millis(700)));
+        // The time each attempt has left then, which forward stamps on the request it sends.
+        let left: Vec<Duration> = inner
+            .calls()
+            .iter()
+            .map(|(at, sent)| sent.deadline - *at)
+            .collect();
+        let expected: Vec<Duration> = inner.calls().iter().map(|(at, _)| deadline - *at).collect();
+        assert_eq!(left, expected);
+        assert_eq!(left[0], Duration::from_millis(1_000));
+        assert!(left[1] <= Duration::from_millis(700));
     }
 
     type MockHandle = mock::Handle<Exchange, Response<Body>>;

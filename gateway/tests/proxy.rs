@@ -35,6 +35,9 @@ async fn echo_upstream(name: &'static str) -> anyhow::Result<SocketAddr> {
                 "body": String::from_utf8_lossy(&body), "x_forwarded_for": header("x-forwarded-for"),
                 "x_forwarded_proto": header("x-forwarded-proto"), "x_request_id": header("x-request-id"),
                 "traceparent": header("traceparent"), "custom": header("x-custom"),
+                "host": header("host"), "x_forwarded_host": header("x-forwarded-host"),
+                "request_timeout_ms": header("x-request-timeout-ms"),
+                "content_length": header("content-length"), "transfer_encoding": header("transfer-encoding"),
             })),
         )
     }));
@@ -133,6 +136,15 @@ async fn a_request_reaches_the_upstream_with_method_path_query_body_and_forwardi
     );
     assert_eq!(echo["x_forwarded_for"], "127.0.0.1");
     assert_eq!(echo["x_forwarded_proto"], "http");
+    assert_eq!(
+        echo["host"],
+        upstream.to_string(),
+        "Host names the instance"
+    );
+    assert_eq!(echo["x_forwarded_host"], gw.trim_start_matches("http://"));
+    assert_eq!(echo["content_length"], "17");
+    // The attempt timeout (200 ms here), well within the route's 5 s.
+    assert_eq!(echo["request_timeout_ms"], "200");
     assert!(
         echo["traceparent"]
             .as_str()
@@ -272,5 +284,88 @@ async fn oversize_headers_are_refused_with_431_before_any_upstream_sees_them() -
         .send()
         .await?;
     expect_problem(response, 431).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn each_attempt_tells_the_upstream_the_time_it_has_left() -> anyhow::Result<()> {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?; // closed when dropped
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway(
+        vec![instance("books-dead", dead), instance("books-a", upstream)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    for _ in 0..10 {
+        // The client's own budget is shorter than the attempt timeout: it is what is left, once
+        // (a refused connection first, sometimes, then the reroute).
+        let echo: Value = client()
+            .get(format!("{gw}/api/books"))
+            .header("x-request-timeout-ms", "150")
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(echo["upstream"], "a");
+        let left: u64 = echo["request_timeout_ms"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("one x-request-timeout-ms");
+        // Never more than the client gave, and never "none left" for a request that is sent.
+        assert!((1..=150).contains(&left), "{left}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_is_forwarded_with_its_length() -> anyhow::Result<()> {
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway(
+        vec![instance("books-a", upstream)],
+        UpstreamConfig::default(),
+    )
+    .await?;
+    let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("{\"a\":"), Ok("1}")];
+    let response = client()
+        .post(format!("{gw}/api/books"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let echo: Value = response.json().await?;
+    assert_eq!(echo["body"], "{\"a\":1}");
+    assert_eq!(echo["content_length"], "7");
+    assert_eq!(echo["transfer_encoding"], "");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_answer_that_stalls_half_way_is_cut_off_after_the_request_timeout() -> anyhow::Result<()>
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Sends the head and part of the body, then nothing, keeping the connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                .await;
+            held.push(socket);
+        }
+    });
+    let config = UpstreamConfig {
+        request_timeout_ms: 300,
+        ..UpstreamConfig::default()
+    };
+    let (gw, _stop) = gateway(vec![instance("books-stalls", addr)], config).await?;
+    let started = std::time::Instant::now();
+    let response = client().get(format!("{gw}/api/books")).send().await?;
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err(), "the body was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(5));
     Ok(())
 }

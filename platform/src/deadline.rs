@@ -7,11 +7,12 @@
 //! Handlers see the deadline as the [`Deadline`] extension and pass what is left of it on with
 //! [`Deadline::propagate`] when they call another component.
 
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
@@ -83,24 +84,67 @@ fn parse_budget(value: &HeaderValue) -> Option<Duration> {
     Some(Duration::from_millis(millis).min(MAX_REQUEST_TIMEOUT))
 }
 
-/// Middleware: runs the rest of the request under the caller's deadline, if it gave one.
-pub async fn enforce(mut request: Request, next: Next) -> Response {
-    let Some(budget) = budget_of(request.headers()) else {
-        return next.run(request).await;
-    };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    if budget.is_zero() {
-        return exceeded(route, budget);
+/// Middleware: runs the rest of the request under the caller's deadline, if it gave one. A request
+/// without one goes straight through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnforceLayer;
+
+impl<S> tower::Layer<S> for EnforceLayer {
+    type Service = Enforce<S>;
+
+    fn layer(&self, inner: S) -> Enforce<S> {
+        Enforce { inner }
     }
-    let deadline = Deadline::after(budget);
-    request.extensions_mut().insert(deadline);
-    match tokio::time::timeout_at(deadline.0, next.run(request)).await {
-        Ok(response) => response,
-        // The handler's future has been dropped here: its work stops at its next await point.
-        Err(_) => exceeded(route, budget),
+}
+
+/// See [`EnforceLayer`].
+#[derive(Debug, Clone)]
+pub struct Enforce<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Enforce<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Error: Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let Some(budget) = budget_of(request.headers()) else {
+            return Either::Left(self.inner.call(request));
+        };
+        // A cheap clone (shared); the label is only built if the deadline passes.
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let route = move || {
+            route
+                .as_ref()
+                .map_or("unmatched", MatchedPath::as_str)
+                .to_owned()
+        };
+        if budget.is_zero() {
+            // The inner service was made ready but is not called: nothing was reserved by that.
+            let answer = exceeded(route(), budget);
+            return Either::Right(Box::pin(std::future::ready(Ok(answer))));
+        }
+        let deadline = Deadline::after(budget);
+        request.extensions_mut().insert(deadline);
+        let answer = self.inner.call(request);
+        Either::Right(Box::pin(async move {
+            match tokio::time::timeout_at(deadline.0, answer).await {
+                Ok(result) => result,
+                // The handler's future has been dropped here: its work stops at its next await
+                // point.
+                Err(_) => Ok(exceeded(route(), budget)),
+            }
+        }))
     }
 }
 

@@ -42,7 +42,15 @@ pub struct Problem {
     /// Seconds, mirrored into the `Retry-After` header.
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Extension members (RFC 9457 §3.2), serialized next to the standard ones; deserializing
+    /// collects every member that is not a standard one here. Add them with
+    /// [`Problem::with_extension`].
+    #[serde(flatten, default)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The members [`Problem`] serializes itself; an extension may not reuse them.
+const STANDARD_MEMBERS: [&str; 5] = ["type", "title", "status", "detail", "errors"];
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
@@ -53,7 +61,22 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    /// Adds the extension member `name` (for example a conflict's machine-readable reason).
+    /// A standard member's name (`type`, `title`, `status`, `detail`, `errors`) is not an
+    /// extension: it is ignored (and a debug build panics), so the body never has duplicate keys.
+    pub fn with_extension(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        debug_assert!(
+            !STANDARD_MEMBERS.contains(&name),
+            "{name} is a standard problem member, not an extension"
+        );
+        if !STANDARD_MEMBERS.contains(&name) {
+            self.extensions.insert(name.to_owned(), value.into());
+        }
+        self
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
@@ -305,6 +328,23 @@ mod tests {
             ApiError::from(sqlx::Error::RowNotFound),
             ApiError::Internal(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn extensions_sit_next_to_the_standard_members_and_round_trip() {
+        let problem = Problem::new(StatusCode::CONFLICT, "refused", "not enough stock")
+            .with_extension("refusal", serde_json::json!({"kind": "insufficient-stock"}));
+        let body = body_of(problem.clone().into_response()).await;
+        assert_eq!(body["type"], "/problems/refused");
+        assert_eq!(body["refusal"]["kind"], "insufficient-stock");
+        let parsed: Problem = serde_json::from_value(body).expect("a problem");
+        assert_eq!(parsed, problem);
+        let plain = body_of(ApiError::NotFound("gone".into()).into_response()).await;
+        assert_eq!(
+            plain.as_object().map(|o| o.len()),
+            Some(4),
+            "no extension members unless added: {plain}"
+        );
     }
 
     #[tokio::test]

@@ -10,15 +10,18 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::faults::{self, FaultConfig};
@@ -180,28 +183,36 @@ pub fn with_standard_layers(
     } else {
         api
     };
-    api.fallback(extract::no_route)
-        .method_not_allowed_fallback(extract::wrong_method)
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        // Inside the RED metrics and the access log, so an abandoned request is counted and logged
-        // as the 504 it is; outside the handler, so giving up drops the handler's work.
-        .layer(middleware::from_fn(deadline::enforce))
-        .layer(middleware::from_fn(metrics::record_red))
+    //
+    // Each group of layers is one `ServiceBuilder` stack, applied with one `Router::layer` call:
+    // axum boxes every layer it is given separately and clones that box, with everything below
+    // it, for each request.
+    let around_api = ServiceBuilder::new()
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_response(log_response),
         )
-        .merge(ops)
+        .layer(metrics::RedLayer)
+        // Inside the RED metrics and the access log, so an abandoned request is counted and logged
+        // as the 504 it is; outside the handler, so giving up drops the handler's work.
+        .layer(deadline::EnforceLayer)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+    let around_all = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid4))
+        .map_request(ensure_traceparent)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .map_response(close_after_refused_body)
         .layer(middleware::from_fn_with_state(
             config.header_limits,
             limits::enforce,
-        ))
-        .layer(middleware::map_response(close_after_refused_body))
-        .layer(CatchPanicLayer::custom(panic_problem))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(middleware::from_fn(ensure_traceparent))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        ));
+    api.fallback(extract::no_route)
+        .method_not_allowed_fallback(extract::wrong_method)
+        .layer(around_api)
+        .merge(ops)
+        .layer(around_all)
 }
 
 async fn readiness(State((ready, draining)): State<(ReadyCheck, Arc<AtomicBool>)>) -> Response {
@@ -216,7 +227,7 @@ async fn readiness(State((ready, draining)): State<(ReadyCheck, Arc<AtomicBool>)
 
 /// A body refused as too large is left unread, so the connection cannot carry another request:
 /// say so, or the client reuses it from its pool and its next request fails.
-async fn close_after_refused_body(mut response: Response) -> Response {
+fn close_after_refused_body(mut response: Response) -> Response {
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         response
             .headers_mut()
@@ -242,15 +253,13 @@ fn request_span(request: &Request) -> tracing::Span {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_owned()
     };
-    let traceparent = header(&TRACEPARENT);
     tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %header(&REQUEST_ID),
-        trace_id = %trace_id_of(&traceparent).unwrap_or_default(),
+        trace_id = %trace_id_of(header(&TRACEPARENT)).unwrap_or_default(),
     )
 }
 
@@ -264,19 +273,30 @@ fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
 
 /// Gives every request a W3C `traceparent`: kept when a valid one arrives, else started here, so a
 /// request keeps one trace id across the gateway and the services it forwards to.
-async fn ensure_traceparent(mut request: Request, next: Next) -> Response {
+fn ensure_traceparent(mut request: Request) -> Request {
     let valid = request
         .headers()
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| trace_id_of(v).is_some());
-    if !valid {
-        let value = format!("00-{}-{}-01", random_hex(16), random_hex(8));
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            request.headers_mut().insert(TRACEPARENT, value);
-        }
+    if !valid && let Ok(value) = HeaderValue::try_from(new_traceparent()) {
+        request.headers_mut().insert(TRACEPARENT, value);
     }
-    next.run(request).await
+    request
+}
+
+/// A random (version 4) UUID for each request that arrives without an `x-request-id`, drawn from
+/// the thread's userspace generator: `Uuid::new_v4` would make a `getrandom(2)` call per request.
+#[derive(Debug, Clone, Copy)]
+struct MakeRequestUuid4;
+
+impl MakeRequestId for MakeRequestUuid4 {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        let text = uuid.hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
 }
 
 /// The trace id of a version-00 `traceparent`, if it is well formed and not all zeros.
@@ -294,11 +314,11 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     ok.then_some(trace)
 }
 
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+/// A version-00 `traceparent` with a random trace id and parent id (neither all zeros, which
+/// would be invalid), sampled.
+fn new_traceparent() -> String {
+    let (trace, parent): (u128, u64) = rand::random();
+    format!("00-{:032x}-{:016x}-01", trace.max(1), parent.max(1))
 }
 
 #[cfg(test)]
@@ -318,5 +338,37 @@ mod tests {
         ] {
             assert_eq!(trace_id_of(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn request_ids_are_random_v4_uuids() {
+        let request = http::Request::new(());
+        let mut make = MakeRequestUuid4;
+        let ids: Vec<uuid::Uuid> = (0..2)
+            .map(|_| {
+                let id = make.make_request_id(&request).expect("an id");
+                let text = id.header_value().to_str().expect("ascii");
+                assert_eq!(text.len(), 36, "{text}");
+                assert_eq!(text, text.to_lowercase());
+                uuid::Uuid::parse_str(text).expect("a uuid")
+            })
+            .collect();
+        assert!(ids.iter().all(|id| id.get_version_num() == 4));
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    fn started_traceparents_are_well_formed_and_random() {
+        let first = new_traceparent();
+        let second = new_traceparent();
+        assert_eq!(first.len(), 55, "{first}");
+        assert!(
+            first.starts_with("00-") && first.ends_with("-01"),
+            "{first}"
+        );
+        assert!(trace_id_of(&first).is_some(), "{first}");
+        assert!(trace_id_of(&second).is_some(), "{second}");
+        assert_ne!(trace_id_of(&first), trace_id_of(&second));
+        assert_ne!(first[36..52], second[36..52], "parent ids repeat");
     }
 }

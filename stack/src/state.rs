@@ -63,6 +63,9 @@ pub struct Secrets {
     pub postgres_superuser: String,
     pub books_db: String,
     pub orders_db: String,
+    /// The coordinator's database password.
+    #[serde(default)]
+    pub coordinator_db: String,
     /// The HS256 key every service and the gateway sign and verify access tokens with.
     #[serde(default)]
     pub jwt_secret: String,
@@ -104,6 +107,7 @@ impl Secrets {
                     postgres_superuser: generate_password(),
                     books_db: generate_password(),
                     orders_db: generate_password(),
+                    coordinator_db: String::new(),
                     jwt_secret: String::new(),
                     internal_token: String::new(),
                     admin_password: String::new(),
@@ -113,6 +117,7 @@ impl Secrets {
             Err(e) => return Err(e.into()),
         };
         for (field, length) in [
+            (&mut secrets.coordinator_db, 24),
             (&mut secrets.jwt_secret, 48),
             (&mut secrets.internal_token, 32),
             (&mut secrets.admin_password, 24),

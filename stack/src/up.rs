@@ -152,9 +152,16 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     )
     .await?;
     running.state.registry_url = registry.clone();
-    step(progress, "starting books and orders instances");
+    step(progress, "starting books, orders and coordinator instances");
     let pg_port = running.state.postgres_port;
     let services = [
+        (
+            "coordinator",
+            format!(
+                "postgres://coordinator:{}@127.0.0.1:{pg_port}/coordinator",
+                secrets.coordinator_db
+            ),
+        ),
         (
             "books",
             format!(
@@ -248,6 +255,9 @@ async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Res
         .await?;
     server
         .ensure_service_database("orders", &secrets.orders_db)
+        .await?;
+    server
+        .ensure_service_database("coordinator", &secrets.coordinator_db)
         .await?;
     running.state.postgres_port = port;
     running.state.processes.push(ProcessInfo {

@@ -17,7 +17,7 @@ pub struct Instance {
 }
 
 impl TestPlatform {
-    /// Starts one more `kind` instance (`books` or `orders`) registered like the others, with
+    /// Starts one more `kind` instance (`books`, `orders` or `coordinator`) registered like the others, with
     /// `extra_env` (`BOOKSTORE_…` settings) on top, and waits until it is ready.
     pub async fn spawn_instance(
         &self,
@@ -30,6 +30,7 @@ impl TestPlatform {
         let password = match kind {
             "books" => &secrets.books_db,
             "orders" => &secrets.orders_db,
+            "coordinator" => &secrets.coordinator_db,
             other => anyhow::bail!("no database for {other}"),
         };
         let port = self.state().postgres_port;

@@ -2,11 +2,13 @@
 //! instances, gateway) driven through the gateway, as a user would.
 
 mod authz;
+mod checkout;
 mod cli;
 mod gateway;
 mod lifecycle;
 mod resilience;
 mod traffic;
+mod transactions;
 
 use std::path::Path;
 
@@ -154,4 +156,14 @@ pub async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// A superuser URL for one of the platform's databases, for tests that check invariants in SQL.
+pub fn superuser_url(platform: &TestPlatform, database: &str) -> anyhow::Result<String> {
+    let secrets = stack::state::Secrets::load_or_create(platform.dir())?;
+    Ok(format!(
+        "postgres://postgres:{}@127.0.0.1:{}/{database}",
+        secrets.postgres_superuser,
+        platform.state().postgres_port
+    ))
 }

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use testkit::TestPlatform;
 
-use crate::{bookstore, client, metric};
+use crate::{bookstore, client, metric, superuser_url};
 
 /// A platform whose gateway does not rate-limit: these tests load it from one address on purpose.
 async fn start() -> anyhow::Result<TestPlatform> {
@@ -391,13 +391,4 @@ async fn a_post_without_idempotency_key_is_never_delivered_twice_even_after_a_ti
         assert!(copies <= 1, "{email} was created {copies} times");
     }
     Ok(())
-}
-
-fn superuser_url(platform: &TestPlatform, database: &str) -> anyhow::Result<String> {
-    let secrets = stack::state::Secrets::load_or_create(platform.dir())?;
-    Ok(format!(
-        "postgres://postgres:{}@127.0.0.1:{}/{database}",
-        secrets.postgres_superuser,
-        platform.state().postgres_port
-    ))
 }

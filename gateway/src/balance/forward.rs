@@ -49,7 +49,7 @@ impl Service<(Instance, Exchange)> for ForwardEndpoint {
                     service: exchange.service,
                 });
             }
-            forward.send_exchange(&instance, &exchange, timeout).await
+            forward.send_exchange(&instance, exchange, timeout).await
         })
     }
 }

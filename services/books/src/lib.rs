@@ -5,6 +5,7 @@
 //! migrates and binds; [`Application::run_until_stopped`] serves until the token is cancelled.
 //! Registering with the service registry is the caller's job.
 
+pub mod checkout;
 pub mod domain;
 pub mod http;
 
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use coordinator::participant::{Participant, ParticipantFaults};
 use platform::auth::{AuthConfig, TokenVerifier};
 use platform::db::DbConfig;
 use platform::server::{HttpConfig, ReadyCheck, Server};
@@ -41,6 +43,8 @@ pub struct Config {
     /// The token signing key (required) and the rest of the platform's auth settings; catalog
     /// writes need an admin token.
     pub auth: AuthConfig,
+    /// Fault injection for the checkout branch (crash or answer late after a step); off by default.
+    pub participant: ParticipantFaults,
 }
 
 /// A started, bound, migrated service that is not yet serving.
@@ -48,6 +52,7 @@ pub struct Application {
     server: Server,
     pool: PgPool,
     verifier: Arc<TokenVerifier>,
+    faults: ParticipantFaults,
 }
 
 impl Application {
@@ -70,6 +75,7 @@ impl Application {
             server,
             pool,
             verifier,
+            faults: config.participant,
         })
     }
 
@@ -81,7 +87,11 @@ impl Application {
     /// Serves until `shutdown` is cancelled and in-flight requests finish; ready while the database
     /// answers.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let api = router(AppState::new(self.pool.clone(), self.verifier.clone()));
+        let participant = Participant::new(self.pool.clone())
+            .with_branch(checkout::ReserveStock)
+            .with_faults(self.faults);
+        let api = router(AppState::new(self.pool.clone(), self.verifier.clone()))
+            .merge(participant.router(self.verifier.clone()));
         let result = self
             .server
             .serve(api, database_ready(self.pool.clone()), shutdown)

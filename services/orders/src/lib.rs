@@ -10,12 +10,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use coordinator::participant::{Participant, ParticipantFaults};
 use platform::auth::AuthConfig;
 use platform::db::DbConfig;
 use platform::server::{HttpConfig, ReadyCheck, Server};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub mod checkout;
 pub mod domain;
 pub mod http;
 
@@ -33,6 +35,10 @@ pub struct Config {
     pub credit: CreditConfig,
     /// Token signing key (required), token lifetime and the admin account's credentials.
     pub auth: AuthConfig,
+    /// Checkout's deadlines and peers.
+    pub checkout: checkout::CheckoutConfig,
+    /// Fault injection for the checkout branch (crash or answer late after a step); off by default.
+    pub participant: ParticipantFaults,
 }
 
 /// Bounds on credit top-ups, in cents.
@@ -69,6 +75,9 @@ impl CreditConfig {
 pub struct Application {
     server: Server,
     state: AppState,
+    checkout: checkout::CheckoutConfig,
+    faults: ParticipantFaults,
+    internal_token: String,
 }
 
 impl Application {
@@ -87,6 +96,9 @@ impl Application {
         Ok(Application {
             server,
             state: AppState::new(pool, config.credit, auth),
+            checkout: config.checkout,
+            faults: config.participant,
+            internal_token: config.auth.internal_token.expose().to_owned(),
         })
     }
 
@@ -98,13 +110,27 @@ impl Application {
     /// the last request has drained.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let pool = self.state.pool.clone();
+        let mut state = self.state;
+        if let Some(registry) = &self.checkout.registry {
+            let peers = checkout::peers::Peers::follow(
+                registry,
+                &self.checkout.books_service,
+                &self.checkout.coordinator_service,
+                &self.internal_token,
+                shutdown.clone(),
+            )?;
+            state.checkout = Some(checkout::Checkout {
+                peers,
+                config: self.checkout.clone(),
+            });
+        }
+        let participant = Participant::new(pool.clone())
+            .with_branch(checkout::PlaceOrder)
+            .with_faults(self.faults);
+        let api = router(state.clone()).merge(participant.router(state.auth.verifier.clone()));
         let result = self
             .server
-            .serve(
-                router(self.state),
-                ready_when_db_answers(pool.clone()),
-                shutdown,
-            )
+            .serve(api, ready_when_db_answers(pool.clone()), shutdown)
             .await;
         pool.close().await;
         result

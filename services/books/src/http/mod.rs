@@ -24,6 +24,10 @@ impl AppState {
     pub fn new(pool: PgPool, verifier: Arc<TokenVerifier>) -> AppState {
         AppState { pool, verifier }
     }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 /// Lets the auth extractors (`AdminUser`, `MaybeAuthUser`) find the token verifier.
@@ -33,7 +37,11 @@ impl FromRef<AppState> for Arc<TokenVerifier> {
     }
 }
 
-/// The service's own routes, all under `/api/books`.
+/// The service's own routes: `/api/books…` and the price quote checkout asks for. The participant
+/// routes of checkout are merged by [`crate::Application`].
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(books::router()).with_state(state)
+    Router::new()
+        .merge(books::router())
+        .merge(crate::checkout::quote::router())
+        .with_state(state)
 }

@@ -32,11 +32,18 @@ pub struct AppState {
     pub pool: PgPool,
     pub credit: CreditConfig,
     pub auth: Auth,
+    /// The peers checkout calls; `None` (no registry) makes checkout answer 503.
+    pub checkout: Option<crate::checkout::Checkout>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, credit: CreditConfig, auth: Auth) -> Self {
-        AppState { pool, credit, auth }
+        AppState {
+            pool,
+            credit,
+            auth,
+            checkout: None,
+        }
     }
 }
 
@@ -72,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(customers::router())
         .merge(credit::router())
         .merge(orders::router())
+        .merge(crate::checkout::http::router())
         .with_state(state)
 }
 

@@ -30,24 +30,36 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The order's owner or the admin; another customer gets 403 (an unknown id is 404 for everyone).
+/// A checkout's order shows as `pending` until the checkout commits, `aborted` if it did not.
 async fn get_order(
     user: AuthUser,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
-    let row: OrderRow = sqlx::query_as(
+    // An order a checkout has not committed (yet) exists only in the checkout's record.
+    let order = match load(&state.pool, id).await? {
+        Some(order) => Some(order),
+        None => crate::checkout::http::pending_order(&state, id).await?,
+    };
+    let order = order.ok_or_else(|| ApiError::NotFound(format!("no order has the id {id}")))?;
+    user.require_self_or_admin(order.customer_id)?;
+    Ok(Json(order))
+}
+
+/// One order with its lines, if it exists.
+pub(crate) async fn load(pool: &PgPool, id: Uuid) -> Result<Option<Order>, ApiError> {
+    let row: Option<OrderRow> = sqlx::query_as(
         "SELECT id, customer_id, mode, status, total_cents, reason, created_at, updated_at
          FROM orders WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("no order has the id {id}")))?;
-    user.require_self_or_admin(row.customer_id)?;
-    let mut orders = with_lines(&state.pool, vec![row]).await?;
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut orders = with_lines(pool, vec![row]).await?;
     orders
         .pop()
-        .map(Json)
+        .map(Some)
         .ok_or_else(|| ApiError::Internal(anyhow!("an order vanished while its lines were read")))
 }
 

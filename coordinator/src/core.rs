@@ -1,0 +1,216 @@
+//! The coordinator itself: what the HTTP handlers, the driver tasks and the background loops share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use platform::ApiError;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::client::ParticipantClient;
+use crate::config::{CoordinatorConfig, CoordinatorFaults};
+use crate::lease::{Lease, Leases};
+use crate::model::{Submission, TransactionView};
+use crate::store::{self, Fence};
+
+/// How often a caller waiting for a transaction another coordinator drives re-reads it.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+/// The same for one this process drives: it hears of every change, so this is only a safety net.
+const LOCAL_WAIT_POLL: Duration = Duration::from_secs(1);
+/// How long a stopping coordinator waits for its drivers before releasing their leases.
+const STOP_DRIVERS_LIMIT: Duration = Duration::from_secs(2);
+
+pub(crate) struct Coordinator {
+    pub pool: PgPool,
+    pub client: ParticipantClient,
+    pub config: CoordinatorConfig,
+    pub faults: CoordinatorFaults,
+    /// This process's name as a lease owner.
+    pub owner: String,
+    pub leases: Leases,
+    /// The gxid of every state change a local driver makes, to wake the callers waiting for it.
+    changes: broadcast::Sender<Uuid>,
+    /// Cancelled when the process stops: drivers and loops end, waiting callers answer at once.
+    pub stopping: CancellationToken,
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        pool: PgPool,
+        client: ParticipantClient,
+        config: CoordinatorConfig,
+        faults: CoordinatorFaults,
+        owner: String,
+        stopping: CancellationToken,
+    ) -> Coordinator {
+        Coordinator {
+            pool,
+            client,
+            config,
+            faults,
+            owner,
+            leases: Leases::default(),
+            changes: broadcast::channel(1024).0,
+            stopping,
+        }
+    }
+
+    pub(crate) fn notify_change(&self, gxid: Uuid) {
+        // No receiver is fine: nobody is waiting.
+        let _ = self.changes.send(gxid);
+    }
+
+    /// Records `submission` and starts driving it, or — for a gxid already known — checks that it
+    /// is the same transaction (422 otherwise). Returns the transaction as it is now.
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        submission: &Submission,
+    ) -> Result<TransactionView, ApiError> {
+        if self.stopping.is_cancelled() {
+            return Err(ApiError::Unavailable {
+                detail: "this coordinator is shutting down; submit to another instance".into(),
+                retry_after: 1,
+            });
+        }
+        let sent = Instant::now();
+        let inserted = store::insert(
+            &self.pool,
+            submission,
+            &self.config.gid_prefix,
+            &self.owner,
+            self.config.lease_ms,
+        )
+        .await?;
+        if let Some(epoch) = inserted {
+            tracing::info!(gxid = %submission.gxid, mode = %submission.mode,
+                branches = submission.branches.len(), "transaction recorded");
+            self.spawn_driver(submission.gxid, epoch, sent, true);
+        }
+        let stored = store::load(&self.pool, submission.gxid)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("a recorded transaction vanished"))
+            })?;
+        if inserted.is_none() && !stored.submission().same_transaction(submission) {
+            return Err(ApiError::invalid(
+                "gxid",
+                "a different transaction was already submitted with this gxid \
+                 (mode, branches or timeout_ms differ)",
+            ));
+        }
+        Ok(stored.view)
+    }
+
+    /// The transaction `gxid` once it is final, or as it is after `wait` (or when the process
+    /// starts stopping).
+    pub(crate) async fn wait_final(
+        &self,
+        gxid: Uuid,
+        wait: Duration,
+    ) -> Result<Option<TransactionView>, sqlx::Error> {
+        let until = Instant::now() + wait;
+        // Subscribed before the first read, so no change in between goes unheard.
+        let mut changes = self.changes.subscribe();
+        loop {
+            let Some(stored) = store::load(&self.pool, gxid).await? else {
+                return Ok(None);
+            };
+            let now = Instant::now();
+            if stored.view.is_final || now >= until || self.stopping.is_cancelled() {
+                return Ok(Some(stored.view));
+            }
+            let poll = if self.leases.holds(gxid) {
+                LOCAL_WAIT_POLL
+            } else {
+                WAIT_POLL
+            };
+            let next_read = now + poll.min(until - now);
+            loop {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(changed) if changed != gxid => continue,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(next_read).await;
+                        }
+                        // Ours, or so many changes that some were dropped: read again.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    },
+                    () = tokio::time::sleep_until(next_read) => {}
+                    () = self.stopping.cancelled() => {}
+                }
+                break;
+            }
+        }
+    }
+
+    /// Starts a driver task for `gxid` under the lease of `epoch`, which the database set no
+    /// earlier than `sent`. `fresh`: this process created the transaction (only then may it prepare
+    /// a 2PC transaction, and only then do crash faults fire).
+    pub(crate) fn spawn_driver(
+        self: &Arc<Self>,
+        gxid: Uuid,
+        epoch: i32,
+        sent: Instant,
+        fresh: bool,
+    ) {
+        let lease = Arc::new(Lease::new(
+            gxid,
+            epoch,
+            self.stopping.child_token(),
+            sent + self.config.lease(),
+        ));
+        self.leases.insert(lease.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let fence = Fence {
+                gxid,
+                owner: this.owner.clone(),
+                epoch,
+            };
+            tokio::select! {
+                () = lease.lost() => {
+                    if this.stopping.is_cancelled() {
+                        // Unfinished: hand it over on the way out (see `stop`).
+                        this.leases.stopped(&lease);
+                        tracing::info!(%gxid, epoch, "stopped driving: shutting down");
+                    } else {
+                        tracing::warn!(%gxid, epoch, "stopped driving: lease lost");
+                    }
+                }
+                result = this.drive(&fence, &lease, fresh) => match result {
+                    Ok(()) => {}
+                    Err(crate::driver::Stop::LeaseLost) => {
+                        tracing::warn!(%gxid, epoch, "lease taken over; another coordinator drives it now");
+                    }
+                },
+            }
+            this.leases.remove(&lease);
+            this.notify_change(gxid);
+        });
+    }
+
+    /// Stops every driver (they are cancelled through `stopping`), then lets the leases of the
+    /// transactions they left unfinished expire at once, so a peer takes over without waiting for
+    /// `lease_ms`. A driver still running after the wait keeps its lease (it simply expires):
+    /// releasing it could let a peer drive the transaction while this one still does.
+    pub(crate) async fn stop(&self) {
+        self.stopping.cancel();
+        if !self.leases.wait_empty(STOP_DRIVERS_LIMIT).await {
+            tracing::warn!("some drivers did not stop in time; their leases will simply expire");
+        }
+        let stopped = self.leases.take_stopped();
+        if stopped.is_empty() {
+            return;
+        }
+        match store::release(&self.pool, &self.owner, &stopped).await {
+            Ok(n) => tracing::info!(
+                released = n,
+                "released the leases of unfinished transactions"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not release leases; they will expire"),
+        }
+    }
+}

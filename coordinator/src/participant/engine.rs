@@ -1,0 +1,722 @@
+//! The barrier algorithm of docs/TRANSACTIONS.md ("The barrier"), one method per operation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
+
+use super::branch::Branch;
+use super::error::{ParticipantError, sqlstate};
+use super::faults::{Op, ParticipantFaults};
+use super::gid::{Gid, is_valid_branch};
+use super::{
+    ABORT_RETRY_BUDGET, BARRIER_LOCK_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, STATEMENT_TIMEOUT,
+    WORK_LOCK_TIMEOUT,
+};
+
+/// SQLSTATE `lock_not_available`: `lock_timeout` expired.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// SQLSTATE `undefined_object`: "prepared transaction with identifier … does not exist".
+const UNDEFINED_OBJECT: &str = "42704";
+/// SQLSTATE `object_not_in_prerequisite_state`: "prepared transaction … is busy" (another session
+/// is committing or rolling it back right now).
+const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+/// SQLSTATE `duplicate_object`: "transaction identifier … is already in use".
+const DUPLICATE_OBJECT: &str = "42710";
+/// SQLSTATE `in_failed_sql_transaction`: a statement after an error the branch did not return.
+const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+/// How long commit retries while another session is finishing the same prepared transaction.
+const FINISH_RETRY_BUDGET: Duration = Duration::from_secs(1);
+
+/// A 2PC answer; serializes as the contract's body, `{"state":"prepared"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum TwoPcState {
+    Prepared,
+    Committed,
+    Aborted,
+}
+
+impl TwoPcState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwoPcState::Prepared => "prepared",
+            TwoPcState::Committed => "committed",
+            TwoPcState::Aborted => "aborted",
+        }
+    }
+}
+
+/// A saga answer; serializes as `{"state":"done"}` / `{"state":"compensated"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum SagaState {
+    Done,
+    Compensated,
+}
+
+impl SagaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Done => "done",
+            SagaState::Compensated => "compensated",
+        }
+    }
+}
+
+/// One prepared transaction of this participant's database (`GET /internal/2pc/prepared`). The gid
+/// is kept as text: anything under the prefix is listed, even a gid this version would not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedGid {
+    pub gid: String,
+    /// When `PREPARE TRANSACTION` ran (RFC 3339 in JSON).
+    pub prepared_at: DateTime<Utc>,
+}
+
+/// The `op` column of `tx_barrier`.
+#[derive(Debug, Clone, Copy)]
+enum BarrierOp {
+    Prepare,
+    Action,
+    Compensate,
+}
+
+impl BarrierOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            BarrierOp::Prepare => "prepare",
+            BarrierOp::Action => "action",
+            BarrierOp::Compensate => "compensate",
+        }
+    }
+}
+
+/// The `kind` column of `tx_barrier`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BarrierKind {
+    Applied,
+    Blocked,
+}
+
+impl BarrierKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BarrierKind::Applied => "applied",
+            BarrierKind::Blocked => "blocked",
+        }
+    }
+
+    fn parse(text: &str) -> Option<BarrierKind> {
+        match text {
+            "applied" => Some(BarrierKind::Applied),
+            "blocked" => Some(BarrierKind::Blocked),
+            _ => None,
+        }
+    }
+}
+
+/// What inserting a barrier row found.
+#[derive(Debug)]
+enum Claim {
+    /// The row is ours (in the open transaction).
+    Inserted,
+    /// A committed row was there already, of this kind (`None`: gone again, which only a cleanup
+    /// job could do; treated as "try again").
+    Exists(Option<BarrierKind>),
+    /// Another transaction holds the key (a prepared one, or a request for the same gid in flight)
+    /// and did not let go within [`BARRIER_LOCK_TIMEOUT`].
+    Locked,
+}
+
+/// The participant: the barrier algorithm over one database, for the registered branches.
+/// Cheap to clone (a pool handle and a few `Arc`s).
+#[derive(Clone)]
+pub struct Participant {
+    pool: PgPool,
+    branches: BTreeMap<&'static str, Arc<dyn Branch>>,
+    faults: ParticipantFaults,
+}
+
+impl fmt::Debug for Participant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Participant")
+            .field("branches", &self.branches.keys().collect::<Vec<_>>())
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Participant {
+    /// A participant over `pool`'s database, which must have the `tx_barrier` table
+    /// ([`BARRIER_DDL`](super::BARRIER_DDL)). Register branches with [`Participant::with_branch`].
+    pub fn new(pool: PgPool) -> Participant {
+        Participant {
+            pool,
+            branches: BTreeMap::new(),
+            faults: ParticipantFaults::default(),
+        }
+    }
+
+    /// Registers `branch` under its name.
+    ///
+    /// # Panics
+    /// When the name is not `[a-z0-9_]{1,32}` (no gid could address it) or is registered already:
+    /// both are programming errors found at start-up.
+    pub fn with_branch(mut self, branch: impl Branch) -> Participant {
+        let name = branch.name();
+        assert!(
+            is_valid_branch(name),
+            "branch name {name:?} must be [a-z0-9_]{{1,32}}"
+        );
+        assert!(
+            !self.branches.contains_key(name),
+            "branch {name:?} is registered twice"
+        );
+        self.branches.insert(name, Arc::new(branch));
+        self
+    }
+
+    /// Turns on fault injection (tests and chaos runs); logs a warning when a fault is active.
+    pub fn with_faults(mut self, faults: ParticipantFaults) -> Participant {
+        if faults.is_active() {
+            tracing::warn!(
+                crash_after = faults.crash_after.map(|op| op.as_str()),
+                delay_after = faults.delay_after.map(|d| d.to_string()),
+                "participant fault injection is ON: this process will crash or answer late on \
+                 purpose"
+            );
+        }
+        self.faults = faults;
+        self
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn faults(&self) -> &ParticipantFaults {
+        &self.faults
+    }
+
+    /// The registered branch names, sorted.
+    pub fn branch_names(&self) -> Vec<&'static str> {
+        self.branches.keys().copied().collect()
+    }
+
+    fn branch(&self, gid: &Gid) -> Result<&Arc<dyn Branch>, ParticipantError> {
+        self.branches.get(gid.branch()).ok_or_else(|| {
+            ParticipantError::Invalid(format!(
+                "this participant has no branch {:?}; its branches are: {}",
+                gid.branch(),
+                self.branch_names().join(", ")
+            ))
+        })
+    }
+
+    /// 2PC phase 1: claims the gid in the barrier, does the branch's work and
+    /// `PREPARE TRANSACTION '<gid>'`. `Prepared` also when it already is, `Committed` when it
+    /// already was committed; [`ParticipantError::Aborted`] when an abort came first.
+    pub async fn prepare(
+        &self,
+        gid: &Gid,
+        payload: &serde_json::Value,
+    ) -> Result<TwoPcState, ParticipantError> {
+        let result = self.do_prepare(gid, payload).await;
+        record(Op::Prepare, gid, result.as_ref().map(|s| s.as_str()));
+        result
+    }
+
+    /// 2PC phase 2, commit: `COMMIT PREPARED '<gid>'`; `Committed` also when it already was;
+    /// [`ParticipantError::NotPrepared`] when the gid is neither prepared nor committed.
+    pub async fn commit(&self, gid: &Gid) -> Result<TwoPcState, ParticipantError> {
+        let result = self.do_commit(gid).await;
+        record(Op::Commit, gid, result.as_ref().map(|s| s.as_str()));
+        result
+    }
+
+    /// 2PC phase 2, abort: `ROLLBACK PREPARED '<gid>'`, then a `blocked` barrier row so that a
+    /// prepare arriving later is refused. `Aborted` also when nothing was prepared (or it already
+    /// was aborted); [`ParticipantError::AlreadyCommitted`] when it was committed.
+    pub async fn abort(&self, gid: &Gid) -> Result<TwoPcState, ParticipantError> {
+        let result = self.do_abort(gid).await;
+        record(Op::Abort, gid, result.as_ref().map(|s| s.as_str()));
+        result
+    }
+
+    /// Saga action: the branch's work in one local transaction, once. `Done` also when it already
+    /// ran; [`ParticipantError::Aborted`] when the gid was compensated first.
+    pub async fn action(
+        &self,
+        gid: &Gid,
+        payload: &serde_json::Value,
+    ) -> Result<SagaState, ParticipantError> {
+        let result = self.do_action(gid, payload).await;
+        record(Op::Action, gid, result.as_ref().map(|s| s.as_str()));
+        result
+    }
+
+    /// Saga compensation, once: undoes the action if it ran; if it did not, records a null
+    /// compensation that also blocks the late action. Always `Compensated` when it succeeds.
+    pub async fn compensate(
+        &self,
+        gid: &Gid,
+        payload: &serde_json::Value,
+    ) -> Result<SagaState, ParticipantError> {
+        let result = self.do_compensate(gid, payload).await;
+        record(Op::Compensate, gid, result.as_ref().map(|s| s.as_str()));
+        result
+    }
+
+    /// This database's prepared transactions whose gid starts with `prefix` (compared as text, so
+    /// `_` and `%` are not wildcards), oldest first.
+    pub async fn prepared(&self, prefix: &str) -> Result<Vec<PreparedGid>, ParticipantError> {
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT gid, prepared FROM pg_prepared_xacts \
+             WHERE database = current_database() AND starts_with(gid, $1) \
+             ORDER BY prepared, gid",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(gid, prepared_at)| PreparedGid { gid, prepared_at })
+            .collect())
+    }
+
+    async fn do_prepare(
+        &self,
+        gid: &Gid,
+        payload: &serde_json::Value,
+    ) -> Result<TwoPcState, ParticipantError> {
+        let branch = self.branch(gid)?;
+        let mut tx = LocalTx::begin(&self.pool).await?;
+        match tx
+            .claim(gid, BarrierOp::Prepare, BarrierKind::Applied)
+            .await?
+        {
+            Claim::Inserted => {}
+            Claim::Exists(kind) => {
+                tx.rollback().await;
+                return match kind {
+                    // The row of a prepared transaction is invisible until COMMIT PREPARED.
+                    Some(BarrierKind::Applied) => Ok(TwoPcState::Committed),
+                    Some(BarrierKind::Blocked) => Err(ParticipantError::Aborted(
+                        "an abort of this gid came first: the late prepare is refused".into(),
+                    )),
+                    None => Err(busy_in_flight()),
+                };
+            }
+            Claim::Locked => {
+                tx.rollback().await;
+                // A prepared transaction holds its barrier row's key until phase 2: that is a
+                // duplicate prepare. Otherwise another request for this gid is still working.
+                return if self.is_prepared(gid).await? {
+                    Ok(TwoPcState::Prepared)
+                } else {
+                    Err(busy_in_flight())
+                };
+            }
+        }
+        tx.raise_lock_timeout().await?;
+        if let Err(err) = branch.apply(tx.conn(), payload).await {
+            tx.rollback().await;
+            return Err(err.into());
+        }
+        tx.check_still_open().await?;
+        if let Err(err) = tx.prepare(gid).await {
+            if sqlstate(&err).as_deref() == Some(DUPLICATE_OBJECT) {
+                return Err(ParticipantError::Internal(format!(
+                    "gid {gid} is already used by a prepared transaction of another database on \
+                     this PostgreSQL server (gids are unique per server): branch names must \
+                     differ between participants that share a server"
+                )));
+            }
+            return Err(err.into());
+        }
+        self.faults.after(Op::Prepare).await;
+        Ok(TwoPcState::Prepared)
+    }
+
+    async fn do_commit(&self, gid: &Gid) -> Result<TwoPcState, ParticipantError> {
+        self.branch(gid)?;
+        let started = Instant::now();
+        loop {
+            let Err(err) = finish_prepared(&self.pool, "COMMIT", gid).await else {
+                self.faults.after(Op::Commit).await;
+                return Ok(TwoPcState::Committed);
+            };
+            match sqlstate(&err).as_deref() {
+                Some(UNDEFINED_OBJECT) => {
+                    // Not prepared (any more): committed before, or a protocol violation.
+                    return match self.barrier_kind(gid, BarrierOp::Prepare).await? {
+                        Some(BarrierKind::Applied) => Ok(TwoPcState::Committed),
+                        _ => Err(ParticipantError::NotPrepared),
+                    };
+                }
+                Some(OBJECT_NOT_IN_PREREQUISITE_STATE)
+                    if started.elapsed() < FINISH_RETRY_BUDGET =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                    return Err(ParticipantError::Busy(
+                        "another session is finishing this prepared transaction; retry".into(),
+                    ));
+                }
+                _ => return Err(err.into()),
+            }
+        }
+    }
+
+    async fn do_abort(&self, gid: &Gid) -> Result<TwoPcState, ParticipantError> {
+        self.branch(gid)?;
+        let started = Instant::now();
+        loop {
+            let rolled_back = match finish_prepared(&self.pool, "ROLLBACK", gid).await {
+                Ok(()) => true,
+                Err(err) => match sqlstate(&err).as_deref() {
+                    // Nothing prepared (now), or another session is finishing it: the barrier
+                    // insert below waits for whoever holds the key and says what happened.
+                    Some(UNDEFINED_OBJECT | OBJECT_NOT_IN_PREREQUISITE_STATE) => false,
+                    _ => return Err(err.into()),
+                },
+            };
+            // Block the gid, also after a successful rollback: a duplicate prepare delivered late
+            // must not prepare it again.
+            let mut tx = LocalTx::begin(&self.pool).await?;
+            let claim = tx
+                .claim(gid, BarrierOp::Prepare, BarrierKind::Blocked)
+                .await?;
+            let blocked_now = match claim {
+                Claim::Inserted => {
+                    tx.commit().await?;
+                    true
+                }
+                Claim::Exists(Some(BarrierKind::Blocked)) => {
+                    tx.rollback().await;
+                    false
+                }
+                Claim::Exists(Some(BarrierKind::Applied)) => {
+                    tx.rollback().await;
+                    return Err(ParticipantError::AlreadyCommitted);
+                }
+                Claim::Exists(None) | Claim::Locked => {
+                    // A prepare of this gid is in flight or has just been prepared: roll it back.
+                    tx.rollback().await;
+                    if started.elapsed() >= ABORT_RETRY_BUDGET {
+                        return Err(ParticipantError::Busy(
+                            "a prepare of this gid is still in flight; retry the abort".into(),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            if rolled_back || blocked_now {
+                self.faults.after(Op::Abort).await;
+            }
+            return Ok(TwoPcState::Aborted);
+        }
+    }
+
+    async fn do_action(
+        &self,
+        gid: &Gid,
+        payload: &serde_json::Value,
+    ) -> Result<SagaState, ParticipantError> {
+        let branch = self.branch(gid)?;
+        let mut tx = LocalTx::begin(&self.pool).await?;
+        match tx
+            .claim(gid, BarrierOp::Action, BarrierKind::Applied)
+            .await?
+        {
+            Claim::Inserted => {}
+            Claim::Exists(Some(BarrierKind::Applied)) => {
+                tx.rollback().await;
+                return Ok(SagaState::Done);
+            }
+            Claim::Exists(Some(BarrierKind::Blocked)) => {
+                tx.rollback().await;
+                return Err(ParticipantError::Aborted(
+                    "this gid was compensated first: the late action is refused".into(),
+                ));
+            }
+            Claim::Exists(None) | Claim::Locked => {
+                tx.rollback().await;
+                return Err(busy_in_flight());
+            }
+        }
+        tx.raise_lock_timeout().await?;
+        if let Err(err) = branch.apply(tx.conn(), payload).await {
+            tx.rollback().await;
+            return Err(err.into());
+        }
+        tx.check_still_open().await?;
+        tx.commit().await?;
+        self.faults.after(Op::Action).await;
+        Ok(SagaState::Done)
+    }
+
+    async fn do_compensate(
+        &self,
+        gid: &Gid,
+        payload: &serde_json::Value,
+    ) -> Result<SagaState, ParticipantError> {
+        let branch = self.branch(gid)?;
+        let mut tx = LocalTx::begin(&self.pool).await?;
+        match tx
+            .claim(gid, BarrierOp::Compensate, BarrierKind::Applied)
+            .await?
+        {
+            Claim::Inserted => {}
+            Claim::Exists(Some(_)) => {
+                tx.rollback().await;
+                return Ok(SagaState::Compensated);
+            }
+            Claim::Exists(None) | Claim::Locked => {
+                tx.rollback().await;
+                return Err(busy_in_flight());
+            }
+        }
+        match tx
+            .claim(gid, BarrierOp::Action, BarrierKind::Blocked)
+            .await?
+        {
+            Claim::Inserted => {
+                tracing::info!(%gid, "null compensation: the action never ran, and now never will");
+            }
+            Claim::Exists(Some(BarrierKind::Applied)) => {
+                tx.raise_lock_timeout().await?;
+                if let Err(err) = branch.compensate(tx.conn(), payload).await {
+                    tx.rollback().await;
+                    return Err(err.into());
+                }
+                tx.check_still_open().await?;
+            }
+            // Only a compensation writes `blocked`, and it would have left its own row: nothing to
+            // undo either way.
+            Claim::Exists(Some(BarrierKind::Blocked)) => {}
+            Claim::Exists(None) | Claim::Locked => {
+                tx.rollback().await;
+                return Err(ParticipantError::Busy(
+                    "the action of this gid is in flight; retry the compensation".into(),
+                ));
+            }
+        }
+        tx.commit().await?;
+        self.faults.after(Op::Compensate).await;
+        Ok(SagaState::Compensated)
+    }
+
+    async fn is_prepared(&self, gid: &Gid) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts \
+             WHERE gid = $1 AND database = current_database())",
+        )
+        .bind(gid.as_str())
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    async fn barrier_kind(
+        &self,
+        gid: &Gid,
+        op: BarrierOp,
+    ) -> Result<Option<BarrierKind>, sqlx::Error> {
+        let kind: Option<String> =
+            sqlx::query_scalar("SELECT kind FROM tx_barrier WHERE gid = $1 AND op = $2")
+                .bind(gid.as_str())
+                .bind(op.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(kind.as_deref().and_then(BarrierKind::parse))
+    }
+}
+
+fn busy_in_flight() -> ParticipantError {
+    ParticipantError::Busy("another request for this gid is in flight; retry".into())
+}
+
+/// Counts and logs one operation's outcome.
+fn record(op: Op, gid: &Gid, result: Result<&'static str, &ParticipantError>) {
+    let outcome = match result {
+        Ok(state) => state,
+        Err(err) => err.outcome(),
+    };
+    metrics::counter!("participant_operations_total", "op" => op.as_str(), "outcome" => outcome)
+        .increment(1);
+    match result {
+        Ok(_) => tracing::debug!(%gid, %op, outcome, "participant operation"),
+        Err(ParticipantError::Db(_) | ParticipantError::Internal(_)) => {
+            tracing::warn!(%gid, %op, outcome, "participant operation failed");
+        }
+        Err(err) => tracing::info!(%gid, %op, outcome, error = %err, "participant operation"),
+    }
+}
+
+/// `COMMIT PREPARED` / `ROLLBACK PREPARED` on an idle pooled connection (they cannot run in a
+/// transaction block, and take no parameters: the gid is validated, see [`Gid`]).
+async fn finish_prepared(pool: &PgPool, verb: &'static str, gid: &Gid) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(format!("{verb} PREPARED '{gid}'")))
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// A transaction block on a pooled connection, opened with a plain `BEGIN` because it may end in
+/// `PREPARE TRANSACTION`, which sqlx's `Transaction` does not know (it would send a stray `ROLLBACK`
+/// afterwards). Ends with [`LocalTx::commit`], [`LocalTx::prepare`] or [`LocalTx::rollback`]; if it
+/// is dropped open (an error, a cancelled request), the connection is closed instead of going back
+/// to the pool, so PostgreSQL rolls it back and no pooled connection is ever left in a transaction.
+struct LocalTx {
+    conn: PoolConnection<Postgres>,
+    open: bool,
+    /// The transaction id, from the barrier insert; checked again before commit/prepare.
+    xid: Option<String>,
+}
+
+impl LocalTx {
+    /// `BEGIN` at READ COMMITTED (the barrier relies on it: after `ON CONFLICT DO NOTHING` the next
+    /// statement must see the row that conflicted), with the barrier's lock timeout.
+    async fn begin(pool: &PgPool) -> Result<LocalTx, sqlx::Error> {
+        let conn = pool.acquire().await?;
+        let mut tx = LocalTx {
+            conn,
+            open: true,
+            xid: None,
+        };
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; \
+             SET LOCAL lock_timeout = '{}ms'; \
+             SET LOCAL statement_timeout = '{}ms'; \
+             SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+            BARRIER_LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+        );
+        sqlx::raw_sql(AssertSqlSafe(begin))
+            .execute(&mut *tx.conn)
+            .await?;
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    /// `INSERT (gid, op, kind) ON CONFLICT DO NOTHING` under the barrier lock timeout.
+    async fn claim(
+        &mut self,
+        gid: &Gid,
+        op: BarrierOp,
+        kind: BarrierKind,
+    ) -> Result<Claim, sqlx::Error> {
+        let inserted = sqlx::query_scalar::<_, String>(
+            "INSERT INTO tx_barrier (gid, op, kind) VALUES ($1, $2, $3) \
+             ON CONFLICT (gid, op) DO NOTHING RETURNING pg_current_xact_id()::text",
+        )
+        .bind(gid.as_str())
+        .bind(op.as_str())
+        .bind(kind.as_str())
+        .fetch_optional(&mut *self.conn)
+        .await;
+        match inserted {
+            Ok(Some(xid)) => {
+                self.xid = Some(xid);
+                Ok(Claim::Inserted)
+            }
+            Ok(None) => {
+                let existing: Option<String> =
+                    sqlx::query_scalar("SELECT kind FROM tx_barrier WHERE gid = $1 AND op = $2")
+                        .bind(gid.as_str())
+                        .bind(op.as_str())
+                        .fetch_optional(&mut *self.conn)
+                        .await?;
+                Ok(Claim::Exists(
+                    existing.as_deref().and_then(BarrierKind::parse),
+                ))
+            }
+            Err(err) if sqlstate(&err).as_deref() == Some(LOCK_NOT_AVAILABLE) => Ok(Claim::Locked),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// From the barrier's lock timeout to the business work's.
+    async fn raise_lock_timeout(&mut self) -> Result<(), sqlx::Error> {
+        let set = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            WORK_LOCK_TIMEOUT.as_millis()
+        );
+        sqlx::raw_sql(AssertSqlSafe(set))
+            .execute(&mut *self.conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// Checks, after the branch's work, that the transaction is still the one that claimed the
+    /// barrier and is not failed: PostgreSQL would silently turn the `COMMIT` or
+    /// `PREPARE TRANSACTION` of a failed transaction into a rollback, and we would answer success.
+    async fn check_still_open(&mut self) -> Result<(), ParticipantError> {
+        let current: Option<String> =
+            match sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+                .fetch_one(&mut *self.conn)
+                .await
+            {
+                Ok(current) => current,
+                Err(err) if sqlstate(&err).as_deref() == Some(IN_FAILED_SQL_TRANSACTION) => {
+                    return Err(ParticipantError::Internal(
+                        "the branch returned success after a failed statement; nothing is kept"
+                            .into(),
+                    ));
+                }
+                Err(err) => return Err(err.into()),
+            };
+        if current.is_none() || current != self.xid {
+            return Err(ParticipantError::Internal(
+                "the branch ended the participant's transaction itself (it must not begin, commit \
+                 or roll back)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// `PREPARE TRANSACTION '<gid>'`: the transaction leaves this session (which is idle and
+    /// reusable again) and survives crashes until `COMMIT PREPARED` / `ROLLBACK PREPARED`.
+    async fn prepare(mut self, gid: &Gid) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(AssertSqlSafe(format!("PREPARE TRANSACTION '{gid}'")))
+            .execute(&mut *self.conn)
+            .await?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Rolls back; if even that fails, the connection is closed on drop (which rolls back too).
+    async fn rollback(mut self) {
+        match sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => self.open = false,
+            Err(err) => {
+                tracing::warn!(error = %err, "participant: rollback failed; closing the connection")
+            }
+        }
+    }
+}
+
+impl Drop for LocalTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! `POST /api/checkout`, and the order of a checkout that has not committed (yet).
+//!
+//! The orders service starts the global transaction and the coordinator drives it: record the
+//! checkout under its Idempotency-Key, quote the prices from books, hand both branches (books
+//! `reserve`, orders `place`) to the coordinator, and answer with what it decided — 201 with the
+//! order, 409 naming what is short, or 202 with the order as `pending` when the outcome is not known
+//! yet. The coordinator finishes it; `GET /api/orders/{id}` follows it ([`pending_order`]).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use http::Method;
+use platform::auth::AuthUser;
+use platform::extract::Json;
+use platform::problem::PROBLEM_JSON;
+use platform::{ApiError, Problem};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::ledger::{self, CheckoutRow};
+use super::peers::PeerError;
+use super::place::{PlacedLine, Placement};
+use super::request::{CheckoutBody, CheckoutRequest};
+use crate::domain::{Order, OrderLine, OrderMode, OrderStatus};
+use crate::http::AppState;
+use crate::http::idempotency::{IDEMPOTENT_REPLAYED, IdempotencyKey};
+
+/// A checkout the coordinator does not know this long after it was recorded never reached it (the
+/// handler gives up submitting long before), so it is final: aborted, nothing happened.
+const NEVER_SUBMITTED_AFTER: Duration = Duration::from_secs(300);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/checkout", post(checkout))
+}
+
+/// The customer checking out: 401 without a valid token, 403 for the admin (who has no credit) —
+/// decided before the key or the body is looked at.
+pub struct Shopper(Uuid);
+
+impl FromRequestParts<AppState> for Shopper {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        user.customer_id().map(Shopper).ok_or_else(|| {
+            ApiError::Forbidden("checkout is for customers; the admin account has no credit".into())
+        })
+    }
+}
+
+async fn checkout(
+    Shopper(customer_id): Shopper,
+    State(state): State<AppState>,
+    key: IdempotencyKey,
+    Json(body): Json<CheckoutBody>,
+) -> Result<Response, ApiError> {
+    let request = CheckoutRequest::parse(body)?;
+    let hash = request_hash(&request)?;
+    let (row, created) =
+        ledger::start(&state.pool, customer_id, key.as_str(), &hash, request.mode).await?;
+    if !created {
+        if row.request_hash != hash {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                "this key was already used for another checkout; use a new key for a new basket",
+            ));
+        }
+        let row = refresh(&state, row).await?;
+        let mut response = answer(&state, &row).await?;
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        return Ok(response);
+    }
+    let row = run(&state, row, &request).await?;
+    answer(&state, &row).await
+}
+
+/// The order a checkout creates, for `GET /api/orders/{id}` when no order row exists: the checkout
+/// is asked how it went first, so a committed one shows the real order, and one still running or
+/// aborted shows as `pending` or `aborted`. `None` when no checkout creates this order.
+pub async fn pending_order(state: &AppState, order_id: Uuid) -> Result<Option<Order>, ApiError> {
+    let Some(row) = ledger::by_order(&state.pool, order_id).await? else {
+        return Ok(None);
+    };
+    let row = refresh(state, row).await?;
+    order_of(state, &row).await.map(Some)
+}
+
+/// Quotes, submits and records the outcome. Errors before the coordinator has the transaction
+/// forget the checkout (nothing happened, the key may be used again).
+async fn run(
+    state: &AppState,
+    row: CheckoutRow,
+    request: &CheckoutRequest,
+) -> Result<CheckoutRow, ApiError> {
+    let Some(checkout) = &state.checkout else {
+        ledger::forget(&state.pool, row.id).await?;
+        return Err(unavailable(
+            "checkout is not available: this instance has no registry",
+        ));
+    };
+    let config = &checkout.config;
+    let quote = match quote(checkout, request, config.call_timeout()).await {
+        Ok(quote) => quote,
+        Err(err) => {
+            ledger::forget(&state.pool, row.id).await?;
+            return Err(err);
+        }
+    };
+    if let Some(problem) = unknown_books(&row, &quote) {
+        return Ok(ledger::update(&state.pool, row.id, "aborted", None, Some(&problem)).await?);
+    }
+    let placement = placement(&row, request, &quote);
+    let lines = serde_json::to_value(&placement.lines)
+        .map_err(|e| anyhow::Error::new(e).context("Failed to serialize the order lines"))?;
+    ledger::quoted(&state.pool, row.id, placement.total_cents, &lines).await?;
+    let submission = json!({
+        "gxid": row.id,
+        "mode": request.mode.as_str(),
+        "timeout_ms": config.timeout_ms,
+        "wait_ms": config.wait_ms,
+        "branches": [
+            { "service": config.books_service, "branch": "reserve",
+              "payload": { "items": placement.lines } },
+            { "service": config.orders_service, "branch": "place", "payload": placement },
+        ],
+    });
+    let wait = Duration::from_millis(config.wait_ms) + config.call_timeout();
+    let outcome = checkout
+        .peers
+        .coordinator(
+            Method::POST,
+            "/internal/transactions",
+            Some(&submission),
+            wait,
+        )
+        .await;
+    match outcome {
+        Err(PeerError::NotSent { .. }) => {
+            ledger::forget(&state.pool, row.id).await?;
+            Err(unavailable(
+                "the transaction coordinator is unavailable; try again shortly",
+            ))
+        }
+        Err(PeerError::Ambiguous { reason, .. }) => {
+            tracing::warn!(checkout = %row.id, %reason, "checkout outcome unknown for now");
+            Ok(ledger::update(&state.pool, row.id, "pending", None, None).await?)
+        }
+        Ok((status, body)) => record(state, &row, status, &body).await,
+    }
+}
+
+/// Records what the coordinator said about the transaction.
+async fn record(
+    state: &AppState,
+    row: &CheckoutRow,
+    status: StatusCode,
+    body: &Value,
+) -> Result<CheckoutRow, ApiError> {
+    let protocol_state = body.get("state").and_then(Value::as_str);
+    let (summary, problem) = match (status.is_success(), protocol_state) {
+        (true, Some("committed" | "completed")) => ("committed", None),
+        (true, Some("aborted" | "compensated")) => ("aborted", Some(refused(row, body))),
+        (true, Some(_)) => ("pending", None),
+        _ if status.is_client_error() && status != StatusCode::NOT_FOUND => {
+            // The coordinator refused the submission itself: a bug on one side or the other.
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the coordinator refused checkout {}: {status} {body}",
+                row.id
+            )));
+        }
+        _ => ("pending", None),
+    };
+    Ok(ledger::update(
+        &state.pool,
+        row.id,
+        summary,
+        protocol_state,
+        problem.as_ref(),
+    )
+    .await?)
+}
+
+/// A checkout that is not final yet asks the coordinator how it went.
+async fn refresh(state: &AppState, row: CheckoutRow) -> Result<CheckoutRow, ApiError> {
+    let Some(checkout) = state.checkout.as_ref().filter(|_| !row.is_final()) else {
+        return Ok(row);
+    };
+    let path = format!("/internal/transactions/{}", row.id);
+    let call_timeout = checkout.config.call_timeout();
+    match checkout
+        .peers
+        .coordinator(Method::GET, &path, None, call_timeout)
+        .await
+    {
+        Ok((StatusCode::NOT_FOUND, _)) if never_submitted(&row) => {
+            let problem = aborted_problem(&row, "the checkout never reached the coordinator");
+            Ok(ledger::update(&state.pool, row.id, "aborted", None, Some(&problem)).await?)
+        }
+        Ok((status, body)) if status.is_success() => record(state, &row, status, &body).await,
+        _ => Ok(row),
+    }
+}
+
+fn never_submitted(row: &CheckoutRow) -> bool {
+    let age = Utc::now().signed_duration_since(row.created_at);
+    age.to_std().is_ok_and(|age| age > NEVER_SUBMITTED_AFTER)
+}
+
+/// The response for a checkout's current row: 201 + the order, the stored problem, or 202 + the
+/// order as pending; the order's URL follows the checkout either way.
+async fn answer(state: &AppState, row: &CheckoutRow) -> Result<Response, ApiError> {
+    let status = match row.status.as_str() {
+        "aborted" => return Ok(stored_problem(row.problem.as_ref())),
+        "committed" => StatusCode::CREATED,
+        _ => StatusCode::ACCEPTED,
+    };
+    let order = order_of(state, row).await?;
+    let mut response = (status, Json(order)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/orders/{}", row.order_id)) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// The committed order, or one made from the checkout record (pending or aborted).
+async fn order_of(state: &AppState, row: &CheckoutRow) -> Result<Order, ApiError> {
+    if row.status == "committed"
+        && let Some(order) = crate::http::orders::load(&state.pool, row.order_id).await?
+    {
+        return Ok(order);
+    }
+    let (status, reason) = match row.status.as_str() {
+        "aborted" => {
+            let detail = row.problem.as_ref().and_then(|p| p.get("detail"));
+            (
+                OrderStatus::Aborted,
+                detail.and_then(Value::as_str).map(str::to_owned),
+            )
+        }
+        _ => (OrderStatus::Pending, None),
+    };
+    let lines: Vec<OrderLine> = row
+        .lines
+        .as_ref()
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    Ok(Order {
+        id: row.order_id,
+        customer_id: row.customer_id,
+        mode: OrderMode::parse(&row.mode).unwrap_or(OrderMode::TwoPhaseCommit),
+        status,
+        lines,
+        total_cents: row.total_cents.unwrap_or(0),
+        reason,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+/// The current prices of the basket's books, from books.
+async fn quote(
+    checkout: &super::Checkout,
+    request: &CheckoutRequest,
+    timeout: Duration,
+) -> Result<Quote, ApiError> {
+    let body = json!({ "book_ids": request.book_ids() });
+    let result = checkout
+        .peers
+        .books(Method::POST, "/internal/books/quote", Some(&body), timeout)
+        .await;
+    match result {
+        Ok((StatusCode::OK, body)) => serde_json::from_value(body).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!(
+                "books sent a quote this service cannot read: {e}"
+            ))
+        }),
+        Ok((status, body)) => Err(ApiError::Internal(anyhow::anyhow!(
+            "books refused the quote: {status} {body}"
+        ))),
+        Err(err) => {
+            tracing::warn!(error = %err, "no price quote from books");
+            Err(unavailable("the catalog is unavailable; try again shortly"))
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Quote {
+    books: Vec<QuotedBook>,
+    missing: Vec<Uuid>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct QuotedBook {
+    id: Uuid,
+    price_cents: i64,
+}
+
+fn unknown_books(row: &CheckoutRow, quote: &Quote) -> Option<Value> {
+    if quote.missing.is_empty() {
+        return None;
+    }
+    let refusal = json!({
+        "kind": "unknown-book",
+        "detail": format!("{} of the books are not in the catalog", quote.missing.len()),
+        "book_ids": quote.missing,
+    });
+    Some(refusal_problem(row, &refusal))
+}
+
+fn placement(row: &CheckoutRow, request: &CheckoutRequest, quote: &Quote) -> Placement {
+    let lines: Vec<PlacedLine> = request
+        .items
+        .iter()
+        .map(|item| PlacedLine {
+            book_id: item.book_id,
+            quantity: item.quantity,
+            price_cents: quote
+                .books
+                .iter()
+                .find(|b| b.id == item.book_id)
+                .map_or(0, |b| b.price_cents),
+        })
+        .collect();
+    // At most 50 lines × 100 copies × 10^8 cents: far inside i64.
+    let total_cents = lines
+        .iter()
+        .map(|l| i64::from(l.quantity) * l.price_cents)
+        .sum();
+    Placement {
+        order_id: row.order_id,
+        customer_id: row.customer_id,
+        mode: request.mode,
+        lines,
+        total_cents,
+    }
+}
+
+/// The 409 for a transaction the coordinator aborted or compensated: the refusal when there was one
+/// (what is short), else a plain "it did not complete".
+fn refused(row: &CheckoutRow, body: &Value) -> Value {
+    match body.get("refusal").filter(|r| r.is_object()) {
+        Some(refusal) => refusal_problem(row, refusal),
+        None => aborted_problem(
+            row,
+            "the checkout could not complete in time and was rolled back",
+        ),
+    }
+}
+
+fn refusal_problem(row: &CheckoutRow, refusal: &Value) -> Value {
+    let kind = refusal
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("refused");
+    let detail = refusal
+        .get("detail")
+        .and_then(Value::as_str)
+        .unwrap_or("the checkout was refused");
+    problem_with(
+        Problem::new(StatusCode::CONFLICT, kind, detail),
+        row,
+        Some(refusal),
+    )
+}
+
+fn aborted_problem(row: &CheckoutRow, why: &str) -> Value {
+    let detail = format!("{why}; nothing was charged. Check out again with a new Idempotency-Key");
+    problem_with(
+        Problem::new(StatusCode::CONFLICT, "checkout-aborted", detail),
+        row,
+        None,
+    )
+}
+
+fn problem_with(problem: Problem, row: &CheckoutRow, refusal: Option<&Value>) -> Value {
+    let mut value = serde_json::to_value(problem).unwrap_or_else(|_| json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.insert("checkout_id".into(), json!(row.id));
+        if let Some(refusal) = refusal {
+            object.insert("refusal".into(), refusal.clone());
+        }
+    }
+    value
+}
+
+fn stored_problem(problem: Option<&Value>) -> Response {
+    let problem = problem.cloned().unwrap_or_else(|| json!({}));
+    let status = problem
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| StatusCode::from_u16(u16::try_from(s).ok()?).ok())
+        .unwrap_or(StatusCode::CONFLICT);
+    let mut response = (status, axum::Json(problem)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+fn unavailable(detail: &str) -> ApiError {
+    ApiError::Unavailable {
+        detail: detail.into(),
+        retry_after: 1,
+    }
+}
+
+fn request_hash(request: &CheckoutRequest) -> Result<Vec<u8>, ApiError> {
+    let canonical = serde_json::to_vec(request)
+        .map_err(|e| anyhow::Error::new(e).context("Failed to serialize a checkout for hashing"))?;
+    Ok(Sha256::digest(&canonical).to_vec())
+}

@@ -1,0 +1,172 @@
+//! Branch `place`: debit the customer's credit and write the order with its lines, or change nothing
+//! and say how much credit is missing. Its compensation marks the order compensated and gives the
+//! money back.
+
+use coordinator::participant::{Branch, BranchError, Refusal, parse_payload};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::OrderMode;
+
+/// The branch payload, built by [`super::http`] from the customer's basket and the quoted prices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub mode: OrderMode,
+    pub lines: Vec<PlacedLine>,
+    pub total_cents: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacedLine {
+    pub book_id: Uuid,
+    pub quantity: i32,
+    pub price_cents: i64,
+}
+
+impl Placement {
+    /// A malformed payload is a definite "no" (422), never retried; the total must match the lines
+    /// (the database checks that too, at commit).
+    fn parse(payload: &Value) -> Result<Placement, BranchError> {
+        let placement: Placement = parse_payload(payload)?;
+        if placement.lines.is_empty() {
+            return Err(BranchError::Invalid(
+                "an order needs at least one line".into(),
+            ));
+        }
+        let total = placement.lines.iter().try_fold(0i64, |sum, line| {
+            i64::from(line.quantity)
+                .checked_mul(line.price_cents)
+                .and_then(|cost| sum.checked_add(cost))
+        });
+        if total != Some(placement.total_cents) || placement.total_cents < 0 {
+            return Err(BranchError::Invalid(format!(
+                "total_cents {} does not match the lines",
+                placement.total_cents
+            )));
+        }
+        Ok(placement)
+    }
+}
+
+/// The `place` branch over `customers`, `orders` and `order_lines`.
+pub struct PlaceOrder;
+
+impl Branch for PlaceOrder {
+    fn name(&self) -> &'static str {
+        "place"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        payload: &'a Value,
+    ) -> BoxFuture<'a, Result<(), BranchError>> {
+        Box::pin(async move {
+            let placement = Placement::parse(payload)?;
+            debit(conn, placement.customer_id, placement.total_cents).await?;
+            insert_order(conn, &placement).await
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        payload: &'a Value,
+    ) -> BoxFuture<'a, Result<(), BranchError>> {
+        Box::pin(async move {
+            let placement = Placement::parse(payload)?;
+            // The barrier runs this only after the action applied, once. The status guard makes it
+            // harmless even if that ever failed: money goes back only for an order that took it.
+            let refunded: Option<(Uuid, i64)> = sqlx::query_as(
+                "UPDATE orders SET status = 'compensated',
+                        reason = 'the checkout failed after the order was placed; credit refunded'
+                 WHERE id = $1 AND status = 'committed'
+                 RETURNING customer_id, total_cents",
+            )
+            .bind(placement.order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((customer_id, total)) = refunded {
+                sqlx::query("UPDATE customers SET credit_cents = credit_cents + $2 WHERE id = $1")
+                    .bind(customer_id)
+                    .bind(total)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Takes `total` from the customer's credit under a row lock, or refuses with what is missing.
+async fn debit(conn: &mut PgConnection, customer_id: Uuid, total: i64) -> Result<(), BranchError> {
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT credit_cents FROM customers WHERE id = $1 FOR UPDATE")
+            .bind(customer_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(balance) = balance else {
+        return Err(BranchError::Refused(
+            Refusal::new(
+                "unknown-customer",
+                format!("no customer has the id {customer_id}"),
+            )
+            .with("customer_id", json!(customer_id)),
+        ));
+    };
+    if balance < total {
+        return Err(BranchError::Refused(
+            Refusal::new("insufficient-credit", format!(
+                "the order costs {total} cents but the credit is {balance} cents; top up at least {} cents",
+                total - balance
+            ))
+            .with("required_cents", total)
+            .with("available_cents", balance),
+        ));
+    }
+    sqlx::query("UPDATE customers SET credit_cents = credit_cents - $2 WHERE id = $1")
+        .bind(customer_id)
+        .bind(total)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_order(conn: &mut PgConnection, placement: &Placement) -> Result<(), BranchError> {
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, mode, status, total_cents)
+         VALUES ($1, $2, $3, 'committed', $4)",
+    )
+    .bind(placement.order_id)
+    .bind(placement.customer_id)
+    .bind(placement.mode.as_str())
+    .bind(placement.total_cents)
+    .execute(&mut *conn)
+    .await?;
+    let (books, rest): (Vec<Uuid>, Vec<(i32, i64)>) = placement
+        .lines
+        .iter()
+        .map(|l| (l.book_id, (l.quantity, l.price_cents)))
+        .unzip();
+    let (quantities, prices): (Vec<i32>, Vec<i64>) = rest.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO order_lines (order_id, line_no, book_id, quantity, price_cents)
+         SELECT $1, l.line_no::int, l.book_id, l.quantity, l.price_cents
+         FROM unnest($2::uuid[], $3::int[], $4::bigint[])
+              WITH ORDINALITY AS l(book_id, quantity, price_cents, line_no)",
+    )
+    .bind(placement.order_id)
+    .bind(&books)
+    .bind(&quantities)
+    .bind(&prices)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
