@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Checkout throughput and latency in both modes against the two PostgreSQL baselines the coordinator
+# issue names, in one run (results and setup in docs/BENCHMARKS.md):
+#   (a) the checkout's writes in ONE local transaction        (bench/pg-2pc-ceiling.sh, pgbench)
+#   (b) the raw two-phase ceiling: books and orders writes each PREPAREd and COMMIT PREPAREd in their
+#       own database, in parallel, no coordinator, no HTTP      (the same script)
+# then a real `bookstore up` (gateway, 2 orders, 2 books, 2 coordinators, PostgreSQL) driven with wrk
+# through the gateway: POST /api/checkout, one book per checkout, a fresh Idempotency-Key each time,
+# round-robin over CUSTOMERS customers and BOOKS books, for mode 2pc and then saga.
+#
+#   bench/checkout.sh
+#
+# Knobs (environment): CLIENTS=32 (pgbench clients and wrk connections), DURATION=15 (seconds),
+# WARMUP=3, CUSTOMERS=64, BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built),
+# BENCH_OUT=<dir> (raw outputs and results.json; a new /tmp directory by default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-32}
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-3}
+CUSTOMERS=${CUSTOMERS:-64}
+BOOKS=${BOOKS:-200}
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+for tool in wrk curl python3 pgbench; do
+  command -v "$tool" >/dev/null || [[ $tool == pgbench ]] ||
+    die "$tool is missing: run bench/gateway-vs-nginx.sh once (it installs wrk), or apt-get install $tool"
+done
+scripts/setup.sh
+if [[ -n "${BOOKSTORE_BIN:-}" ]]; then
+  BOOKSTORE=$BOOKSTORE_BIN
+else
+  say "building the release binary"
+  cargo build --release --quiet --bin bookstore
+  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  BOOKSTORE="$target_dir/release/bookstore"
+fi
+
+out=${BENCH_OUT:-$(mktemp -d /tmp/checkout-bench.XXXXXX)}
+mkdir -p "$out"
+work=$(mktemp -d /tmp/checkout-bench-work.XXXXXX)
+chmod 755 "$work"
+up_pid=""
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  if [[ -n "$up_pid" ]]; then
+    kill -TERM "$up_pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$up_pid" 2>/dev/null || true
+  fi
+  [[ -n "${BENCH_KEEP:-}" ]] && say "kept $work" || rm -rf "$work"
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+say "baselines: bench/pg-2pc-ceiling.sh $CLIENTS $DURATION"
+PATH="$(dirname "$(readlink -f "$(ls /usr/lib/postgresql/15/bin/pg_ctl)")"):$PATH" \
+  bench/pg-2pc-ceiling.sh "$CLIENTS" "$DURATION" | tee "$out/baselines.txt"
+
+say "starting the platform in $work"
+BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$work/platform" \
+  --gateway-port 0 --registry-port 0 --quiet --no-demo >"$work/up.out" 2>&1 &
+up_pid=$!
+state="$work/platform/state.json"
+for _ in $(seq 1 1200); do
+  kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.out" >&2; die "bookstore up exited"; }
+  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$state" 2>/dev/null && break
+  sleep 0.1
+done
+gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$state")
+
+say "creating $BOOKS books and $CUSTOMERS customers with credit"
+python3 - "$gateway" "$work/platform/secrets.json" "$BOOKS" "$CUSTOMERS" "$work" <<'PY'
+import json, sys, urllib.request
+gateway, secrets, n_books, n_customers, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request(gateway + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("content-type", "application/json")
+    if token: req.add_header("authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+def isbn(n):
+    body = "9793%08d" % n
+    s = sum(int(c) * (1 if i % 2 == 0 else 3) for i, c in enumerate(body))
+    return body + str((10 - s % 10) % 10)
+admin = call("POST", "/api/auth/token", {"email": "admin@bookstore.local",
+             "password": json.load(open(secrets))["admin_password"]})["access_token"]
+with open(work + "/books.txt", "w") as f:
+    for i in range(n_books):
+        b = call("POST", "/api/books", {"isbn": isbn(i), "title": "Bench %d" % i, "author": "B. Ench",
+                 "genre": "bench", "price_cents": 100, "stock": 1000000}, admin)
+        f.write(b["id"] + "\n")
+with open(work + "/tokens.txt", "w") as f:
+    for i in range(n_customers):
+        email = "bench%d@example.com" % i
+        c = call("POST", "/api/customers", {"email": email, "name": "Bench", "password": "bench-password"})
+        t = call("POST", "/api/auth/token", {"email": email, "password": "bench-password"})["access_token"]
+        for _ in range(10):
+            call("POST", "/api/customers/%s/credit" % c["id"], {"amount_cents": 1000000}, t)
+        f.write(t + "\n")
+PY
+
+for mode in 2pc saga; do
+  say "$mode: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
+  wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/checkout.lua "$gateway" -- "$work/tokens.txt" "$work/books.txt" "$mode" >/dev/null
+  wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/checkout.lua "$gateway" -- \
+    "$work/tokens.txt" "$work/books.txt" "$mode" | tee "$out/wrk-$mode.txt"
+done
+
+python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+base = open(out + "/baselines.txt").read()
+single = float(re.search(r"single_tx_per_s=(\d+)", base).group(1))
+ceiling = float(re.search(r"raw_2pc_ceiling_tx_per_s=(\d+)", base).group(1))
+def ms(text, p):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+results = {"single_tx_per_s": single, "raw_2pc_ceiling_tx_per_s": ceiling}
+print("\n%-6s %10s %10s %10s %9s %9s  %s" % ("mode", "checkouts/s", "x ceiling", "x single", "p50 ms", "p99 ms", "statuses"))
+for mode in ("2pc", "saga"):
+    text = open("%s/wrk-%s.txt" % (out, mode)).read()
+    statuses = dict(s.split("=") for s in re.search(r"statuses (.*)", text).group(1).split())
+    secs = float(re.search(r"requests in ([\d.]+)s", text).group(1))
+    ok = int(statuses.get("201", 0)) / secs
+    results[mode] = {"committed_per_s": ok, "p50_ms": ms(text, 50), "p99_ms": ms(text, 99), "statuses": statuses}
+    print("%-6s %10.0f %10.2f %10.2f %9.1f %9.1f  %s" % (mode, ok, ok / ceiling, ok / single,
+          ms(text, 50), ms(text, 99), statuses))
+json.dump(results, open(out + "/results.json", "w"), indent=2)
+print("\n(a) single local transaction: %.0f/s   (b) raw 2PC ceiling: %.0f/s   results: %s/results.json" % (single, ceiling, out))
+PY
