@@ -122,17 +122,7 @@ async fn run(
     let lines = serde_json::to_value(&placement.lines)
         .map_err(|e| anyhow::Error::new(e).context("Failed to serialize the order lines"))?;
     ledger::quoted(&state.pool, row.id, placement.total_cents, &lines).await?;
-    let submission = json!({
-        "gxid": row.id,
-        "mode": request.mode.as_str(),
-        "timeout_ms": config.timeout_ms,
-        "wait_ms": config.wait_ms,
-        "branches": [
-            { "service": config.books_service, "branch": "reserve",
-              "payload": { "items": placement.lines } },
-            { "service": config.orders_service, "branch": "place", "payload": placement },
-        ],
-    });
+    let submission = submission(&row, config, &placement, config.wait_ms);
     let wait = Duration::from_millis(config.wait_ms) + config.call_timeout();
     let outcome = checkout
         .peers
@@ -201,6 +191,12 @@ async fn refresh(state: &AppState, row: CheckoutRow) -> Result<CheckoutRow, ApiE
         .coordinator(Method::GET, &path, None, call_timeout)
         .await
     {
+        // Not recorded there: the first submission was lost (its coordinator died before it
+        // recorded it, say). Submitting again is safe — the coordinator takes a gxid once — and
+        // lets the checkout finish instead of staying pending.
+        Ok((StatusCode::NOT_FOUND, _)) if placement_of(&row).is_some() => {
+            resubmit(state, checkout, &row).await
+        }
         Ok((StatusCode::NOT_FOUND, _)) if never_submitted(&row) => {
             let problem = aborted_problem(&row, "the checkout never reached the coordinator");
             Ok(ledger::update(&state.pool, row.id, "aborted", None, Some(&problem)).await?)
@@ -208,6 +204,64 @@ async fn refresh(state: &AppState, row: CheckoutRow) -> Result<CheckoutRow, ApiE
         Ok((status, body)) if status.is_success() => record(state, &row, status, &body).await,
         _ => Ok(row),
     }
+}
+
+async fn resubmit(
+    state: &AppState,
+    checkout: &super::Checkout,
+    row: &CheckoutRow,
+) -> Result<CheckoutRow, ApiError> {
+    let Some(placement) = placement_of(row) else {
+        return Ok(row.clone());
+    };
+    // wait_ms 0: this is a read; the coordinator answers at once and drives it in the background.
+    let body = submission(row, &checkout.config, &placement, 0);
+    let call_timeout = checkout.config.call_timeout();
+    match checkout
+        .peers
+        .coordinator(
+            Method::POST,
+            "/internal/transactions",
+            Some(&body),
+            call_timeout,
+        )
+        .await
+    {
+        Ok((status, answer)) if status.is_success() => record(state, row, status, &answer).await,
+        _ => Ok(row.clone()),
+    }
+}
+
+/// What the coordinator is asked to run for a checkout (the same body every time, but `wait_ms`).
+fn submission(
+    row: &CheckoutRow,
+    config: &super::CheckoutConfig,
+    placement: &Placement,
+    wait_ms: u64,
+) -> Value {
+    json!({
+        "gxid": row.id,
+        "mode": placement.mode.as_str(),
+        "timeout_ms": config.timeout_ms,
+        "wait_ms": wait_ms,
+        "branches": [
+            { "service": config.books_service, "branch": "reserve",
+              "payload": { "items": placement.lines } },
+            { "service": config.orders_service, "branch": "place", "payload": placement },
+        ],
+    })
+}
+
+/// The placement a quoted checkout submitted, rebuilt from its record.
+fn placement_of(row: &CheckoutRow) -> Option<Placement> {
+    let lines: Vec<PlacedLine> = serde_json::from_value(row.lines.clone()?).ok()?;
+    Some(Placement {
+        order_id: row.order_id,
+        customer_id: row.customer_id,
+        mode: OrderMode::parse(&row.mode)?,
+        lines,
+        total_cents: row.total_cents?,
+    })
 }
 
 fn never_submitted(row: &CheckoutRow) -> bool {
