@@ -13,6 +13,8 @@
 # Knobs (environment): CLIENTS=32 (pgbench clients and wrk connections), DURATION=15 (seconds),
 # WARMUP=3, CUSTOMERS=64, BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built),
 # BENCH_OUT=<dir> (raw outputs and results.json; a new /tmp directory by default).
+# During each measured run, bench/cpu_split.py records the CPU time of every component (PostgreSQL,
+# each service, the gateway, wrk) and prints it per committed checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +68,15 @@ BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$work/platfo
   --gateway-port 0 --registry-port 0 --quiet --no-demo >"$work/up.out" 2>&1 &
 up_pid=$!
 state="$work/platform/state.json"
+# Commits, rollbacks and new sessions per database, as the server counts them.
+pg_stat() {
+  local port password
+  port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_port"])' "$state")
+  password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_superuser"])' "$work/platform/secrets.json")
+  PGPASSWORD=$password psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc \
+    "SELECT datname, xact_commit, xact_rollback, sessions FROM pg_stat_database
+     WHERE datname IN ('books', 'orders', 'coordinator')"
+}
 for _ in $(seq 1 1200); do
   kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.out" >&2; die "bookstore up exited"; }
   python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$state" 2>/dev/null && break
@@ -108,8 +119,27 @@ PY
 for mode in 2pc saga; do
   say "$mode: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
   wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/checkout.lua "$gateway" -- "$work/tokens.txt" "$work/books.txt" "$mode" >/dev/null
+  python3 bench/cpu_split.py snapshot "$work/cpu-before.json"
+  pg_stat >"$work/pg-before.txt"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/checkout.lua "$gateway" -- \
     "$work/tokens.txt" "$work/books.txt" "$mode" | tee "$out/wrk-$mode.txt"
+  python3 bench/cpu_split.py snapshot "$work/cpu-after.json"
+  pg_stat >"$work/pg-after.txt"
+  committed=$(sed -n 's/.*201=\([0-9]*\).*/\1/p' "$out/wrk-$mode.txt")
+  say "$mode: CPU per component during the run (ms/unit: per committed checkout)"
+  python3 bench/cpu_split.py diff "$work/cpu-before.json" "$work/cpu-after.json" "${committed:-0}" \
+    "$out/cpu-$mode.json" | tee "$out/cpu-$mode.txt"
+  say "$mode: PostgreSQL transactions per committed checkout, by database"
+  python3 - "$work/pg-before.txt" "$work/pg-after.txt" "${committed:-0}" <<'PY' | tee "$out/pg-$mode.txt"
+import sys
+def read(path):
+    return {row[0]: [int(v) for v in row[1:]] for row in (l.split("|") for l in open(path).read().split())}
+before, after, n = read(sys.argv[1]), read(sys.argv[2]), max(int(sys.argv[3]), 1)
+print("%-12s %9s %9s %9s" % ("database", "commits", "rollbacks", "sessions"))
+for db in sorted(after):
+    d = [a - b for a, b in zip(after[db], before.get(db, [0, 0, 0]))]
+    print("%-12s %9.2f %9.2f %9.2f" % (db, d[0] / n, d[1] / n, d[2] / n))
+PY
 done
 
 python3 - "$out" <<'PY'

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use platform::ApiError;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,7 +14,7 @@ use crate::client::ParticipantClient;
 use crate::config::{CoordinatorConfig, CoordinatorFaults};
 use crate::lease::{Lease, Leases};
 use crate::model::{Submission, TransactionView};
-use crate::store::{self, Fence};
+use crate::store::{self, Fence, Stored};
 
 /// How often a caller waiting for a transaction another coordinator drives re-reads it.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -84,17 +84,19 @@ impl Coordinator {
             self.config.lease_ms,
         )
         .await?;
-        if let Some(epoch) = inserted {
+        if let Some(stored) = inserted {
             tracing::info!(gxid = %submission.gxid, mode = %submission.mode,
                 branches = submission.branches.len(), "transaction recorded");
-            self.spawn_driver(submission.gxid, epoch, sent, true);
+            let view = stored.view.clone();
+            self.spawn_driver(submission.gxid, stored.epoch, sent, true, Some(stored));
+            return Ok(view);
         }
         let stored = store::load(&self.pool, submission.gxid)
             .await?
             .ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("a recorded transaction vanished"))
             })?;
-        if inserted.is_none() && !stored.submission().same_transaction(submission) {
+        if !stored.submission().same_transaction(submission) {
             return Err(ApiError::invalid(
                 "gxid",
                 "a different transaction was already submitted with this gxid \
@@ -112,6 +114,14 @@ impl Coordinator {
         wait: Duration,
     ) -> Result<Option<TransactionView>, sqlx::Error> {
         let until = Instant::now() + wait;
+        // Driven here: follow the driver in memory. Its views are written before they are
+        // published, so they are what a read would find.
+        let follow = self.leases.get(gxid).map(|lease| lease.follow());
+        if let Some(mut follow) = follow
+            && let Some(view) = self.follow_driver(&mut follow, until).await
+        {
+            return Ok(Some(view));
+        }
         // Subscribed before the first read, so no change in between goes unheard.
         let mut changes = self.changes.subscribe();
         loop {
@@ -146,15 +156,49 @@ impl Coordinator {
         }
     }
 
+    /// The driver's view once final, or the latest at `until` (or when stopping); `None` when the
+    /// driver stopped first, or published nothing yet by then: the database must tell.
+    async fn follow_driver(
+        &self,
+        follow: &mut watch::Receiver<Option<Arc<TransactionView>>>,
+        until: Instant,
+    ) -> Option<TransactionView> {
+        loop {
+            let current = follow.borrow_and_update().clone();
+            if let Some(view) = &current
+                && (view.is_final || Instant::now() >= until || self.stopping.is_cancelled())
+            {
+                return Some(TransactionView::clone(view));
+            }
+            tokio::select! {
+                changed = follow.changed() => {
+                    if changed.is_err() {
+                        // Driver gone: its last view counts only if final.
+                        let last = follow.borrow().clone();
+                        return last.filter(|v| v.is_final).map(|v| TransactionView::clone(&v));
+                    }
+                }
+                () = tokio::time::sleep_until(until) => {
+                    return follow.borrow().clone().map(|v| TransactionView::clone(&v));
+                }
+                () = self.stopping.cancelled() => {
+                    return follow.borrow().clone().map(|v| TransactionView::clone(&v));
+                }
+            }
+        }
+    }
+
     /// Starts a driver task for `gxid` under the lease of `epoch`, which the database set no
     /// earlier than `sent`. `fresh`: this process created the transaction (only then may it prepare
-    /// a 2PC transaction, and only then do crash faults fire).
+    /// a 2PC transaction, and only then do crash faults fire). `known`: the transaction as just
+    /// recorded, when this process recorded it.
     pub(crate) fn spawn_driver(
         self: &Arc<Self>,
         gxid: Uuid,
         epoch: i32,
         sent: Instant,
         fresh: bool,
+        known: Option<Stored>,
     ) {
         let lease = Arc::new(Lease::new(
             gxid,
@@ -162,6 +206,9 @@ impl Coordinator {
             self.stopping.child_token(),
             sent + self.config.lease(),
         ));
+        if let Some(known) = &known {
+            lease.publish(&known.view);
+        }
         self.leases.insert(lease.clone());
         let this = self.clone();
         tokio::spawn(async move {
@@ -180,7 +227,7 @@ impl Coordinator {
                         tracing::warn!(%gxid, epoch, "stopped driving: lease lost");
                     }
                 }
-                result = this.drive(&fence, &lease, fresh) => match result {
+                result = this.drive(&fence, &lease, fresh, known) => match result {
                     Ok(()) => {}
                     Err(crate::driver::Stop::LeaseLost) => {
                         tracing::warn!(%gxid, epoch, "lease taken over; another coordinator drives it now");

@@ -50,81 +50,87 @@ enum FirstPhase {
     No(AbortReason, Option<Value>),
 }
 
+/// Branch news not written yet: it goes with the next transition (see [`store::Transition`]).
+type Pending = Vec<(usize, BranchUpdate)>;
+
 impl Coordinator {
-    /// Drives the transaction of `fence` until it is final or the lease is lost.
+    /// Drives the transaction of `fence` until it is final or the lease is lost. `known`: the
+    /// transaction as this process just recorded it (else it is read first). From then on it is
+    /// kept in memory: every write is fenced, so the database cannot change under a driver that
+    /// still holds the lease.
     pub(crate) async fn drive(
         self: &Arc<Self>,
         fence: &Fence,
         lease: &Lease,
         fresh: bool,
+        known: Option<Stored>,
     ) -> Drive {
+        let mut tx = match known {
+            Some(tx) => tx,
+            None => {
+                let loaded = self
+                    .persist("load", || store::load(&self.pool, fence.gxid))
+                    .await;
+                let Some(tx) = loaded else {
+                    tracing::error!(gxid = %fence.gxid, "the transaction being driven is gone");
+                    return Ok(());
+                };
+                tx
+            }
+        };
+        if tx.epoch != fence.epoch || tx.lease_owner.as_deref() != Some(fence.owner.as_str()) {
+            return Err(Stop::LeaseLost);
+        }
         loop {
-            let Some(tx) = self
-                .persist("load", || store::load(&self.pool, fence.gxid))
-                .await
-            else {
-                tracing::error!(gxid = %fence.gxid, "the transaction being driven is gone");
-                return Ok(());
-            };
             let state = tx.view.state;
             if state.is_final() {
                 return Ok(());
             }
-            if tx.epoch != fence.epoch || tx.lease_owner.as_deref() != Some(fence.owner.as_str()) {
-                return Err(Stop::LeaseLost);
-            }
-            match (tx.view.mode, state) {
+            let (to, reason, refusal, news) = match (tx.view.mode, state) {
                 (Mode::TwoPhase, TxState::Preparing) if fresh => {
-                    match self.prepare_all(fence, &tx).await? {
-                        FirstPhase::AllYes => {
+                    match self.prepare_all(&tx).await {
+                        (FirstPhase::AllYes, news) => {
                             self.faults_if(fresh, CrashPoint::AfterAllPrepares);
-                            self.decide(fence, state, TxState::Committing, None, None)
-                                .await?;
-                            self.faults_if(fresh, CrashPoint::AfterDecision);
+                            (TxState::Committing, None, None, news)
                         }
-                        FirstPhase::No(reason, refusal) => {
-                            self.decide(fence, state, TxState::Aborting, Some(reason), refusal)
-                                .await?;
+                        (FirstPhase::No(reason, refusal), news) => {
+                            (TxState::Aborting, Some(reason), refusal, news)
                         }
                     }
                 }
                 (Mode::TwoPhase, TxState::Preparing) => {
                     tracing::warn!(gxid = %fence.gxid, "found in preparing: presumed abort");
-                    self.decide(
-                        fence,
-                        state,
-                        TxState::Aborting,
-                        Some(AbortReason::PresumedAbort),
-                        None,
-                    )
-                    .await?;
+                    let reason = Some(AbortReason::PresumedAbort);
+                    (TxState::Aborting, reason, None, Vec::new())
                 }
                 (Mode::TwoPhase, TxState::Committing) => {
-                    self.phase2(fence, &tx, Op::Commit, fresh).await?;
-                    self.finish(fence, lease, &tx, TxState::Committed).await?;
+                    let news = self.phase2(fence, &tx, Op::Commit, fresh).await?;
+                    (TxState::Committed, None, None, news)
                 }
                 (Mode::TwoPhase, TxState::Aborting) => {
-                    self.phase2(fence, &tx, Op::Abort, fresh).await?;
-                    self.finish(fence, lease, &tx, TxState::Aborted).await?;
+                    let news = self.phase2(fence, &tx, Op::Abort, fresh).await?;
+                    (TxState::Aborted, None, None, news)
                 }
-                (Mode::Saga, TxState::Running) => match self.act_all(fence, &tx).await? {
-                    FirstPhase::AllYes => {
-                        self.finish(fence, lease, &tx, TxState::Completed).await?;
-                    }
-                    FirstPhase::No(reason, refusal) => {
-                        self.decide(fence, state, TxState::Compensating, Some(reason), refusal)
-                            .await?;
+                (Mode::Saga, TxState::Running) => match self.act_all(&tx).await {
+                    (FirstPhase::AllYes, news) => (TxState::Completed, None, None, news),
+                    (FirstPhase::No(reason, refusal), news) => {
+                        (TxState::Compensating, Some(reason), refusal, news)
                     }
                 },
                 (Mode::Saga, TxState::Compensating) => {
-                    self.compensate_all(fence, &tx).await?;
-                    self.finish(fence, lease, &tx, TxState::Compensated).await?;
+                    let news = self.compensate_all(fence, &tx).await?;
+                    (TxState::Compensated, None, None, news)
                 }
                 (mode, state) => {
                     // The database's CHECK constraint rules this out.
                     tracing::error!(gxid = %fence.gxid, %mode, %state, "impossible mode and state");
                     return Ok(());
                 }
+            };
+            self.transition(fence, lease, &mut tx, to, reason, refusal, news)
+                .await?;
+            if to == TxState::Committing {
+                self.faults_if(fresh, CrashPoint::AfterDecision);
             }
         }
     }
@@ -167,7 +173,9 @@ impl Coordinator {
         }
     }
 
-    async fn record(&self, fence: &Fence, position: usize, update: BranchUpdate<'_>) -> Drive {
+    /// Writes what is known about one branch at once (only on the slow path: an error an operator
+    /// should see while the branch is still being retried).
+    async fn record(&self, fence: &Fence, position: usize, update: BranchUpdate) -> Drive {
         let done = self
             .persist("branch update", || {
                 store::update_branch(&self.pool, fence, position, &update)
@@ -176,45 +184,49 @@ impl Coordinator {
         if done { Ok(()) } else { Err(Stop::LeaseLost) }
     }
 
-    /// Writes a decision (`committing`, `aborting`, `compensating`).
-    async fn decide(
+    /// Writes the move to `to` with the branch news gathered since the last write, then applies it
+    /// to `tx` and tells whoever waits for this transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition(
         &self,
         fence: &Fence,
-        from: TxState,
+        lease: &Lease,
+        tx: &mut Stored,
         to: TxState,
         reason: Option<AbortReason>,
         refusal: Option<Value>,
+        news: Pending,
     ) -> Drive {
-        let states = [from, to];
-        let done = self
-            .persist("decision", || {
-                store::set_state(&self.pool, fence, &states, to, reason, refusal.as_ref())
-            })
-            .await;
-        if !done {
-            return Err(Stop::LeaseLost);
-        }
-        tracing::info!(gxid = %fence.gxid, %from, %to, reason = reason.map(AbortReason::as_str),
-            "decided");
-        self.notify_change(fence.gxid);
-        Ok(())
-    }
-
-    async fn finish(&self, fence: &Fence, lease: &Lease, tx: &Stored, to: TxState) -> Drive {
-        lease.set_finishing();
         let from = tx.view.state;
+        if to.is_final() {
+            lease.set_finishing();
+        }
         let states = [from, to];
-        let age = self
-            .persist("final state", || {
-                store::finish(&self.pool, fence, &states, to)
+        let transition = store::Transition {
+            from: &states,
+            to,
+            reason,
+            refusal: refusal.as_ref(),
+            branches: &news,
+        };
+        let stamps = self
+            .persist("transition", || {
+                store::transition(&self.pool, fence, &transition)
             })
             .await;
-        let Some(age) = age else {
+        let Some(stamps) = stamps else {
             return Err(Stop::LeaseLost);
         };
-        metrics::finished(tx.view.mode, to, age);
-        tracing::info!(gxid = %fence.gxid, mode = %tx.view.mode, state = %to,
-            seconds = age, "transaction finished");
+        apply(tx, to, reason, refusal, &news, stamps);
+        if to.is_final() {
+            metrics::finished(tx.view.mode, to, stamps.age_s);
+            tracing::info!(gxid = %fence.gxid, mode = %tx.view.mode, state = %to,
+                seconds = stamps.age_s, "transaction finished");
+        } else {
+            tracing::info!(gxid = %fence.gxid, %from, %to, reason = reason.map(AbortReason::as_str),
+                "decided");
+        }
+        lease.publish(&tx.view);
         self.notify_change(fence.gxid);
         Ok(())
     }
@@ -255,7 +267,8 @@ impl Coordinator {
     }
 
     /// Sends `op` (commit, abort or compensate) until the branch confirms it, however long that
-    /// takes, and records the branch's new state.
+    /// takes. Returns the branch's news for the next transition; an unexpected answer is recorded
+    /// at once, for operators, while the retries go on.
     async fn until_done(
         &self,
         fence: &Fence,
@@ -263,7 +276,7 @@ impl Coordinator {
         branch: &BranchView,
         op: Op,
         payload: &Value,
-    ) -> Drive {
+    ) -> Result<BranchUpdate, Stop> {
         let (expected, state) = match op {
             Op::Commit => (Answer::Committed, BranchState::Committed),
             Op::Abort => (Answer::Aborted, BranchState::Aborted),
@@ -282,13 +295,12 @@ impl Coordinator {
                 .await;
             calls += 1;
             if answer == expected {
-                let update = BranchUpdate {
+                return Ok(BranchUpdate {
                     state: Some(state),
                     last_error: recorded_error.is_some().then_some(None),
                     calls,
                     ..BranchUpdate::default()
-                };
-                return self.record(fence, position, update).await;
+                });
             }
             let error = match &answer {
                 Answer::Ambiguous(reason) => reason.clone(),
@@ -318,10 +330,13 @@ impl Coordinator {
         }
     }
 
-    /// Prepares every branch in order; stops at the first definite no.
-    async fn prepare_all(&self, fence: &Fence, tx: &Stored) -> Result<FirstPhase, Stop> {
+    /// Prepares every branch in order; stops at the first definite no. Nothing is written here:
+    /// a crash before the decision is a presumed abort whatever was prepared, so the branches'
+    /// news goes with the decision.
+    async fn prepare_all(&self, tx: &Stored) -> (FirstPhase, Pending) {
         self.faults.crash_if(CrashPoint::BeforePrepare);
         let deadline = deadline_of(tx);
+        let mut news = Pending::new();
         for (position, branch) in tx.view.branches.iter().enumerate() {
             if branch.state == BranchState::Prepared {
                 continue;
@@ -337,29 +352,33 @@ impl Coordinator {
                         tracing::error!(gid = %branch.gid,
                             "protocol violation: prepare answered committed before any decision");
                     }
-                    let update = BranchUpdate {
-                        state: Some(BranchState::Prepared),
-                        calls,
-                        ..BranchUpdate::default()
-                    };
-                    self.record(fence, position, update).await?;
+                    news.push((
+                        position,
+                        BranchUpdate {
+                            state: Some(BranchState::Prepared),
+                            calls,
+                            ..BranchUpdate::default()
+                        },
+                    ));
                     if position == 0 {
                         self.faults.crash_if(CrashPoint::AfterFirstPrepare);
                     }
                 }
                 other => {
-                    return self
-                        .first_phase_no(fence, position, branch, other, calls, last)
-                        .await;
+                    let (no, update) = first_phase_no(branch, other, calls, last);
+                    news.push((position, update));
+                    return (no, news);
                 }
             }
         }
-        Ok(FirstPhase::AllYes)
+        (FirstPhase::AllYes, news)
     }
 
-    /// Runs the saga's actions in order; stops at the first definite no or at the deadline.
-    async fn act_all(&self, fence: &Fence, tx: &Stored) -> Result<FirstPhase, Stop> {
+    /// Runs the saga's actions in order; stops at the first definite no or at the deadline. An
+    /// action done but not yet written is sent again after a crash: the barrier answers it as done.
+    async fn act_all(&self, tx: &Stored) -> (FirstPhase, Pending) {
         let deadline = deadline_of(tx);
+        let mut news = Pending::new();
         for (position, branch) in tx.view.branches.iter().enumerate() {
             if branch.state == BranchState::Done {
                 continue;
@@ -369,84 +388,32 @@ impl Coordinator {
                 .until_definite(branch, Op::Action, payload, deadline)
                 .await;
             match answer {
-                Some(Answer::Done) => {
-                    let update = BranchUpdate {
+                Some(Answer::Done) => news.push((
+                    position,
+                    BranchUpdate {
                         state: Some(BranchState::Done),
                         calls,
                         ..BranchUpdate::default()
-                    };
-                    self.record(fence, position, update).await?;
-                }
+                    },
+                )),
                 other => {
-                    return self
-                        .first_phase_no(fence, position, branch, other, calls, last)
-                        .await;
+                    let (no, update) = first_phase_no(branch, other, calls, last);
+                    news.push((position, update));
+                    return (no, news);
                 }
             }
         }
-        Ok(FirstPhase::AllYes)
-    }
-
-    /// Records why the branch at `position` ended the first phase with a no (`None`: the deadline).
-    async fn first_phase_no(
-        &self,
-        fence: &Fence,
-        position: usize,
-        branch: &BranchView,
-        answer: Option<Answer>,
-        calls: i32,
-        last_ambiguous: Option<String>,
-    ) -> Result<FirstPhase, Stop> {
-        let (state, reason, refusal, error) = match answer {
-            Some(Answer::Refused(refusal)) => (
-                Some(BranchState::Refused),
-                AbortReason::Refused,
-                Some(refusal),
-                None,
-            ),
-            Some(Answer::Blocked(detail)) => (
-                Some(BranchState::Refused),
-                AbortReason::Blocked,
-                None,
-                Some(format!("blocked: {detail}")),
-            ),
-            Some(Answer::Invalid(detail)) => (
-                Some(BranchState::Refused),
-                AbortReason::Invalid,
-                None,
-                Some(format!("invalid: {detail}")),
-            ),
-            Some(other) => (
-                Some(BranchState::Refused),
-                AbortReason::Invalid,
-                None,
-                Some(format!("unexpected answer {}", other.name())),
-            ),
-            None => (
-                None,
-                AbortReason::Timeout,
-                None,
-                Some(format!(
-                    "no definite answer before the deadline (last: {})",
-                    last_ambiguous
-                        .as_deref()
-                        .unwrap_or("no call could be sent in time")
-                )),
-            ),
-        };
-        tracing::info!(gid = %branch.gid, reason = reason.as_str(), "branch said no");
-        let update = BranchUpdate {
-            state,
-            refusal: refusal.as_ref(),
-            last_error: error.map(Some),
-            calls,
-        };
-        self.record(fence, position, update).await?;
-        Ok(FirstPhase::No(reason, refusal))
+        (FirstPhase::AllYes, news)
     }
 
     /// Commits or aborts every branch not already committed or aborted, all at once.
-    async fn phase2(&self, fence: &Fence, tx: &Stored, op: Op, fresh: bool) -> Drive {
+    async fn phase2(
+        &self,
+        fence: &Fence,
+        tx: &Stored,
+        op: Op,
+        fresh: bool,
+    ) -> Result<Pending, Stop> {
         let target = if op == Op::Commit {
             BranchState::Committed
         } else {
@@ -462,32 +429,126 @@ impl Coordinator {
             .map(|(position, branch)| {
                 let first_commit = &first_commit;
                 async move {
-                    self.until_done(fence, position, branch, op, &Value::Null)
+                    let update = self
+                        .until_done(fence, position, branch, op, &Value::Null)
                         .await?;
                     if op == Op::Commit && !first_commit.swap(true, Ordering::SeqCst) {
                         self.faults_if(fresh, CrashPoint::DuringPhase2);
                     }
-                    Ok(())
+                    Ok((position, update))
                 }
             });
         // The first error (a lost lease) drops the other branches' retries.
-        futures::future::try_join_all(work).await.map(|_| ())
+        futures::future::try_join_all(work).await
     }
 
-    /// Compensates, in reverse order, every step that may have acted.
-    async fn compensate_all(&self, fence: &Fence, tx: &Stored) -> Drive {
+    /// Compensates, in reverse order, every step that may have acted. A compensation done but not
+    /// yet written is sent again after a crash: the barrier makes it a no-op.
+    async fn compensate_all(&self, fence: &Fence, tx: &Stored) -> Result<Pending, Stop> {
         let states: Vec<BranchState> = tx.view.branches.iter().map(|b| b.state).collect();
         let last = compensation_start(&states);
+        let mut news = Pending::new();
         for position in (0..=last).rev() {
             let branch = &tx.view.branches[position];
             if branch.state == BranchState::Compensated {
                 continue;
             }
             let payload = tx.payloads.get(position).unwrap_or(&Value::Null);
-            self.until_done(fence, position, branch, Op::Compensate, payload)
+            let update = self
+                .until_done(fence, position, branch, Op::Compensate, payload)
                 .await?;
+            news.push((position, update));
         }
-        Ok(())
+        Ok(news)
+    }
+}
+
+/// The no that ended the first phase (`answer` `None`: the deadline passed), and the branch's news.
+fn first_phase_no(
+    branch: &BranchView,
+    answer: Option<Answer>,
+    calls: i32,
+    last_ambiguous: Option<String>,
+) -> (FirstPhase, BranchUpdate) {
+    let (state, reason, refusal, error) = match answer {
+        Some(Answer::Refused(refusal)) => (
+            Some(BranchState::Refused),
+            AbortReason::Refused,
+            Some(refusal),
+            None,
+        ),
+        Some(Answer::Blocked(detail)) => (
+            Some(BranchState::Refused),
+            AbortReason::Blocked,
+            None,
+            Some(format!("blocked: {detail}")),
+        ),
+        Some(Answer::Invalid(detail)) => (
+            Some(BranchState::Refused),
+            AbortReason::Invalid,
+            None,
+            Some(format!("invalid: {detail}")),
+        ),
+        Some(other) => (
+            Some(BranchState::Refused),
+            AbortReason::Invalid,
+            None,
+            Some(format!("unexpected answer {}", other.name())),
+        ),
+        None => (
+            None,
+            AbortReason::Timeout,
+            None,
+            Some(format!(
+                "no definite answer before the deadline (last: {})",
+                last_ambiguous
+                    .as_deref()
+                    .unwrap_or("no call could be sent in time")
+            )),
+        ),
+    };
+    tracing::info!(gid = %branch.gid, reason = reason.as_str(), "branch said no");
+    let update = BranchUpdate {
+        state,
+        refusal: refusal.clone(),
+        last_error: error.map(Some),
+        calls,
+    };
+    (FirstPhase::No(reason, refusal), update)
+}
+
+/// Applies a written transition to the transaction in memory.
+fn apply(
+    tx: &mut Stored,
+    to: TxState,
+    reason: Option<AbortReason>,
+    refusal: Option<Value>,
+    news: &Pending,
+    stamps: store::Stamps,
+) {
+    let view = &mut tx.view;
+    view.state = to;
+    view.is_final = to.is_final();
+    view.reason = reason.or(view.reason);
+    if refusal.is_some() {
+        view.refusal = refusal;
+    }
+    view.updated_at = stamps.updated_at;
+    view.decided_at = stamps.decided_at;
+    view.finished_at = stamps.finished_at;
+    for (position, update) in news {
+        let Some(branch) = view.branches.get_mut(*position) else {
+            continue;
+        };
+        if let Some(state) = update.state {
+            branch.state = state;
+        }
+        if let Some(refusal) = &update.refusal {
+            branch.refusal = Some(refusal.clone());
+        }
+        if let Some(error) = &update.last_error {
+            branch.last_error = error.clone();
+        }
     }
 }
 

@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::model::TransactionView;
 
 /// One held lease.
 #[derive(Debug)]
@@ -27,6 +29,9 @@ pub(crate) struct Lease {
     /// Set by the driver just before its final write, which drops the lease in the database: a
     /// renewal that no longer finds it then is no news.
     finishing: AtomicBool,
+    /// The transaction as its driver last wrote it, for callers waiting on this process: they
+    /// follow the driver in memory instead of reading the database after every change.
+    view: watch::Sender<Option<Arc<TransactionView>>>,
 }
 
 impl Lease {
@@ -42,7 +47,18 @@ impl Lease {
             cancel,
             valid_until: Mutex::new(valid_until),
             finishing: AtomicBool::new(false),
+            view: watch::channel(None).0,
         }
+    }
+
+    /// Publishes the transaction as just written (to the database: never ahead of it).
+    pub(crate) fn publish(&self, view: &TransactionView) {
+        self.view.send_replace(Some(Arc::new(view.clone())));
+    }
+
+    /// Follows what [`Lease::publish`] publishes; closed once the driver is gone.
+    pub(crate) fn follow(&self) -> watch::Receiver<Option<Arc<TransactionView>>> {
+        self.view.subscribe()
     }
 
     fn valid_until(&self) -> Instant {
@@ -118,6 +134,15 @@ impl Leases {
         if let Some(old) = old {
             old.cancel();
         }
+    }
+
+    /// The lease this process holds on `gxid`, if it drives it now.
+    pub(crate) fn get(&self, gxid: Uuid) -> Option<Arc<Lease>> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&gxid)
+            .cloned()
     }
 
     /// Whether this process drives `gxid` now.

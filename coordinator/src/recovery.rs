@@ -94,7 +94,7 @@ impl Coordinator {
                 previous_owner = claim.previous_owner.as_deref().unwrap_or(""),
                 "recovering a transaction whose lease expired");
             metrics::recovered(claim.state);
-            self.spawn_driver(claim.gxid, claim.epoch, sent, false);
+            self.spawn_driver(claim.gxid, claim.epoch, sent, false, None);
         }
         Ok(claimed.len())
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -52,25 +53,56 @@ impl Stored {
     }
 }
 
-/// Records a new transaction (and its branches, `pending`) leased to `owner`; `None` when the gxid
-/// already exists. Committed before this returns, so before any participant hears of it.
+/// Records a new transaction (and its branches, `pending`) leased to `owner`, in one statement;
+/// `None` when the gxid already exists. Committed before this returns, so before any participant
+/// hears of it. Returns the transaction as stored, so its driver need not read it back.
 pub async fn insert(
     pool: &PgPool,
     submission: &Submission,
     prefix: &str,
     owner: &str,
     lease_ms: u64,
-) -> Result<Option<i32>, sqlx::Error> {
+) -> Result<Option<Stored>, sqlx::Error> {
     let specs =
         serde_json::to_value(&submission.branches).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let mut tx = pool.begin().await?;
-    let epoch: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO global_transactions
-             (gxid, mode, state, branches, timeout_ms, deadline, lease_owner, lease_until, attempts)
-         VALUES ($1, $2, $3, $4, $5, now() + $5 * interval '1 millisecond',
-                 $6, now() + $7 * interval '1 millisecond', 1)
-         ON CONFLICT (gxid) DO NOTHING
-         RETURNING attempts",
+    let count = submission.branches.len();
+    let positions: Vec<i32> = (0..count)
+        .map(|p| i32::try_from(p).unwrap_or(i32::MAX))
+        .collect();
+    let services: Vec<&str> = submission
+        .branches
+        .iter()
+        .map(|b| b.service.as_str())
+        .collect();
+    let names: Vec<&str> = submission
+        .branches
+        .iter()
+        .map(|b| b.branch.as_str())
+        .collect();
+    let gids: Vec<String> = submission
+        .branches
+        .iter()
+        .map(|b| gid(prefix, submission.gxid, &b.branch))
+        .collect();
+    // The branches' foreign key is checked at the end of the statement, when the transaction row
+    // exists; when the gxid is taken, `g` is empty and so is the branch insert.
+    let row = sqlx::query(
+        "WITH g AS (
+             INSERT INTO global_transactions
+                 (gxid, mode, state, branches, timeout_ms, deadline, lease_owner, lease_until,
+                  attempts)
+             VALUES ($1, $2, $3, $4, $5, now() + $5 * interval '1 millisecond',
+                     $6, now() + $7 * interval '1 millisecond', 1)
+             ON CONFLICT (gxid) DO NOTHING
+             RETURNING gxid, attempts, deadline, created_at, updated_at,
+                       (extract(epoch FROM deadline - now()) * 1000)::bigint AS remaining_ms
+         ), b AS (
+             INSERT INTO branches (gxid, position, service, branch, gid)
+             SELECT g.gxid, t.position, t.service, t.branch, t.gid
+             FROM g, unnest($8::integer[], $9::text[], $10::text[], $11::text[])
+                 AS t(position, service, branch, gid)
+         )
+         SELECT attempts, deadline, created_at, updated_at, remaining_ms FROM g",
     )
     .bind(submission.gxid)
     .bind(submission.mode.as_str())
@@ -79,26 +111,54 @@ pub async fn insert(
     .bind(to_i64(submission.timeout_ms))
     .bind(owner)
     .bind(to_i64(lease_ms))
-    .fetch_optional(&mut *tx)
+    .bind(&positions)
+    .bind(&services)
+    .bind(&names)
+    .bind(&gids)
+    .fetch_optional(pool)
     .await?;
-    let Some(epoch) = epoch else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    for (position, spec) in submission.branches.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO branches (gxid, position, service, branch, gid)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(submission.gxid)
-        .bind(i32::try_from(position).unwrap_or(i32::MAX))
-        .bind(&spec.service)
-        .bind(&spec.branch)
-        .bind(gid(prefix, submission.gxid, &spec.branch))
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(Some(epoch))
+    let state = TxState::initial(submission.mode);
+    let branches = submission
+        .branches
+        .iter()
+        .zip(gids)
+        .map(|(spec, gid)| BranchView {
+            service: spec.service.clone(),
+            branch: spec.branch.clone(),
+            gid,
+            state: BranchState::Pending,
+            refusal: None,
+            last_error: None,
+        })
+        .collect();
+    Ok(Some(Stored {
+        view: TransactionView {
+            gxid: submission.gxid,
+            mode: submission.mode,
+            state,
+            is_final: false,
+            refusal: None,
+            reason: None,
+            branches,
+            timeout_ms: submission.timeout_ms,
+            deadline: row.try_get("deadline")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            decided_at: None,
+            finished_at: None,
+        },
+        payloads: submission
+            .branches
+            .iter()
+            .map(|b| b.payload.clone())
+            .collect(),
+        lease_owner: Some(owner.to_owned()),
+        epoch: row.try_get("attempts")?,
+        remaining_ms: row.try_get("remaining_ms")?,
+    }))
 }
 
 /// The transaction `gxid`, if there is one.
@@ -173,66 +233,128 @@ fn decode_error(what: &str, value: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value:?} in the coordinator database").into())
 }
 
-/// Moves the transaction to `to` if the fence holds and it is in one of `from` (include `to` to make
-/// the write idempotent). `reason`/`refusal` are set when given; a decision stamps `decided_at`.
-/// False: the fence no longer holds (or the state moved on): the caller must stop driving.
-pub async fn set_state(
-    pool: &PgPool,
-    fence: &Fence,
-    from: &[TxState],
-    to: TxState,
-    reason: Option<AbortReason>,
-    refusal: Option<&Value>,
-) -> Result<bool, sqlx::Error> {
-    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    let done = sqlx::query(
-        "UPDATE global_transactions
-         SET state = $4, reason = coalesce($5, reason), refusal = coalesce($6, refusal),
-             decided_at = coalesce(decided_at, now()), updated_at = now()
-         WHERE gxid = $1 AND lease_owner = $2 AND attempts = $3 AND state = ANY($7)",
-    )
-    .bind(fence.gxid)
-    .bind(&fence.owner)
-    .bind(fence.epoch)
-    .bind(to.as_str())
-    .bind(reason.map(AbortReason::as_str))
-    .bind(refusal)
-    .bind(&from)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// When a transition was written, as the database stamped it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamps {
+    pub updated_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds since the transaction was created.
+    pub age_s: f64,
 }
 
-/// Moves the transaction to the final state `to` and drops the lease; returns its age in seconds,
-/// or `None` when the fence no longer holds.
-pub async fn finish(
+/// A state change of one transaction, with what its driver learned about branches since the last
+/// one — all in one statement, so a checkout costs the coordinator three writes (record, decision,
+/// final state) rather than one per branch and step.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    /// The states it may come from (include `to` to make the write idempotent).
+    pub from: &'a [TxState],
+    pub to: TxState,
+    pub reason: Option<AbortReason>,
+    pub refusal: Option<&'a Value>,
+    /// (position, update) of branches whose news is not written yet.
+    pub branches: &'a [(usize, BranchUpdate)],
+}
+
+/// Writes `transition` if the fence holds and the state is one of `from`: a decision stamps
+/// `decided_at`, a final state also `finished_at` and drops the lease. `None`: the fence no longer
+/// holds (or the state moved on), and the caller must stop driving.
+pub async fn transition(
     pool: &PgPool,
     fence: &Fence,
-    from: &[TxState],
-    to: TxState,
-) -> Result<Option<f64>, sqlx::Error> {
-    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    sqlx::query_scalar(
-        "UPDATE global_transactions
-         SET state = $4, lease_until = NULL, finished_at = now(),
-             decided_at = coalesce(decided_at, now()), updated_at = now()
-         WHERE gxid = $1 AND lease_owner = $2 AND attempts = $3 AND state = ANY($5)
-         RETURNING extract(epoch FROM now() - created_at)::float8",
+    transition: &Transition<'_>,
+) -> Result<Option<Stamps>, sqlx::Error> {
+    let from: Vec<&str> = transition.from.iter().map(|s| s.as_str()).collect();
+    let updates = BranchColumns::of(transition.branches);
+    let row = sqlx::query(
+        "WITH g AS (
+             UPDATE global_transactions
+             SET state = $4, reason = coalesce($5, reason), refusal = coalesce($6, refusal),
+                 decided_at = coalesce(decided_at, now()), updated_at = now(),
+                 lease_until = CASE WHEN $8 THEN NULL ELSE lease_until END,
+                 finished_at = CASE WHEN $8 THEN now() ELSE finished_at END
+             WHERE gxid = $1 AND lease_owner = $2 AND attempts = $3 AND state = ANY($7)
+             RETURNING gxid, updated_at, decided_at, finished_at,
+                       extract(epoch FROM now() - created_at)::float8 AS age_s
+         ), b AS (
+             UPDATE branches br
+             SET state = coalesce(u.state, br.state), refusal = coalesce(u.refusal, br.refusal),
+                 last_error = CASE WHEN u.set_error THEN u.last_error ELSE br.last_error END,
+                 calls = br.calls + u.calls, updated_at = now()
+             FROM g, unnest($9::integer[], $10::text[], $11::jsonb[], $12::boolean[], $13::text[],
+                            $14::integer[]) AS u(position, state, refusal, set_error, last_error, calls)
+             WHERE br.gxid = g.gxid AND br.position = u.position
+         )
+         SELECT updated_at, decided_at, finished_at, age_s FROM g",
     )
     .bind(fence.gxid)
     .bind(&fence.owner)
     .bind(fence.epoch)
-    .bind(to.as_str())
+    .bind(transition.to.as_str())
+    .bind(transition.reason.map(AbortReason::as_str))
+    .bind(transition.refusal)
     .bind(&from)
+    .bind(transition.to.is_final())
+    .bind(&updates.positions)
+    .bind(&updates.states)
+    .bind(&updates.refusals)
+    .bind(&updates.set_errors)
+    .bind(&updates.errors)
+    .bind(&updates.calls)
     .fetch_optional(pool)
-    .await
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Stamps {
+        updated_at: row.try_get("updated_at")?,
+        decided_at: row.try_get("decided_at")?,
+        finished_at: row.try_get("finished_at")?,
+        age_s: row.try_get("age_s")?,
+    }))
+}
+
+/// Branch updates as one array per column, for `unnest`.
+struct BranchColumns {
+    positions: Vec<i32>,
+    states: Vec<Option<&'static str>>,
+    refusals: Vec<Option<Value>>,
+    set_errors: Vec<bool>,
+    errors: Vec<Option<String>>,
+    calls: Vec<i32>,
+}
+
+impl BranchColumns {
+    fn of(updates: &[(usize, BranchUpdate)]) -> BranchColumns {
+        BranchColumns {
+            positions: updates
+                .iter()
+                .map(|(p, _)| i32::try_from(*p).unwrap_or(i32::MAX))
+                .collect(),
+            states: updates
+                .iter()
+                .map(|(_, u)| u.state.map(BranchState::as_str))
+                .collect(),
+            refusals: updates.iter().map(|(_, u)| u.refusal.clone()).collect(),
+            set_errors: updates
+                .iter()
+                .map(|(_, u)| u.last_error.is_some())
+                .collect(),
+            errors: updates
+                .iter()
+                .map(|(_, u)| u.last_error.clone().flatten())
+                .collect(),
+            calls: updates.iter().map(|(_, u)| u.calls).collect(),
+        }
+    }
 }
 
 /// What a driver learned about one branch.
 #[derive(Debug, Clone, Default)]
-pub struct BranchUpdate<'a> {
+pub struct BranchUpdate {
     pub state: Option<BranchState>,
-    pub refusal: Option<&'a Value>,
+    pub refusal: Option<Value>,
     /// Replaces `last_error` when `Some` (`Some(None)` clears it).
     pub last_error: Option<Option<String>>,
     /// Calls sent since the last update.
@@ -244,7 +366,7 @@ pub async fn update_branch(
     pool: &PgPool,
     fence: &Fence,
     position: usize,
-    update: &BranchUpdate<'_>,
+    update: &BranchUpdate,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "WITH lease AS (
@@ -264,7 +386,7 @@ pub async fn update_branch(
     .bind(fence.epoch)
     .bind(i32::try_from(position).unwrap_or(i32::MAX))
     .bind(update.state.map(BranchState::as_str))
-    .bind(update.refusal)
+    .bind(update.refusal.as_ref())
     .bind(update.last_error.is_some())
     .bind(update.last_error.clone().flatten())
     .bind(update.calls)

@@ -47,7 +47,9 @@ pub struct TimeoutConfig {
     /// Rules by path prefix (whole segments: `/api/books` matches `/api/books/1`, not
     /// `/api/booksx`) and optionally method; the longest matching prefix wins, and for the same
     /// prefix a rule naming the method beats one that does not (default: `POST /api/checkout`
-    /// 15 000 ms, room for the price quote and the coordinator's answer).
+    /// 15 000 ms with 10 000 ms per attempt: the orders service waits up to 8 s for the
+    /// coordinator's answer, and a reroute after that only replays the checkout's record).
+    /// An attempt never outlasts `upstream.request_timeout_ms` either.
     pub per_route: Vec<RouteTimeout>,
 }
 
@@ -59,6 +61,7 @@ impl Default for TimeoutConfig {
                 prefix: "/api/checkout".into(),
                 method: Some("POST".into()),
                 timeout_ms: 15_000,
+                attempt_ms: Some(10_000),
             }],
         }
     }
@@ -72,12 +75,31 @@ pub struct RouteTimeout {
     #[serde(default)]
     pub method: Option<String>,
     pub timeout_ms: u64,
+    /// The longest one attempt of such a request may take, when it differs from the balancer's
+    /// `attempt_timeout_ms` — for routes whose service legitimately answers slowly (a checkout
+    /// waits for its transaction's outcome), where cutting an attempt short would only turn a
+    /// success into a reroute and a timeout.
+    #[serde(default)]
+    pub attempt_ms: Option<u64>,
+}
+
+/// The timeouts of one request: the whole of it, and one attempt when the route sets that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimeouts {
+    pub total: Duration,
+    pub attempt: Option<Duration>,
 }
 
 impl TimeoutConfig {
     /// The timeout of a `method` request to `path`.
     pub fn timeout_for(&self, method: &Method, path: &str) -> Duration {
-        self.per_route
+        self.timeouts_for(method, path).total
+    }
+
+    /// The whole and per-attempt timeouts of a `method` request to `path`.
+    pub fn timeouts_for(&self, method: &Method, path: &str) -> RequestTimeouts {
+        let rule = self
+            .per_route
             .iter()
             .filter(|rule| prefix_matches(&rule.prefix, path))
             .filter(|rule| {
@@ -85,10 +107,17 @@ impl TimeoutConfig {
                     .as_deref()
                     .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
             })
-            .max_by_key(|rule| (rule.prefix.len(), rule.method.is_some()))
-            .map_or(Duration::from_millis(self.default_ms), |rule| {
-                Duration::from_millis(rule.timeout_ms)
-            })
+            .max_by_key(|rule| (rule.prefix.len(), rule.method.is_some()));
+        match rule {
+            Some(rule) => RequestTimeouts {
+                total: Duration::from_millis(rule.timeout_ms),
+                attempt: rule.attempt_ms.map(Duration::from_millis),
+            },
+            None => RequestTimeouts {
+                total: Duration::from_millis(self.default_ms),
+                attempt: None,
+            },
+        }
     }
 }
 
@@ -183,6 +212,7 @@ mod tests {
             body: Bytes::new(),
             peer: None,
             deadline: Instant::now() + timeout,
+            attempt_timeout: None,
             tried: Vec::new(),
         }
     }
@@ -302,7 +332,30 @@ mod tests {
             prefix: prefix.into(),
             method: method.map(str::to_owned),
             timeout_ms,
+            attempt_ms: None,
         }
+    }
+
+    #[test]
+    fn a_route_may_set_its_own_attempt_timeout_and_checkout_does_by_default() {
+        let config = TimeoutConfig::default();
+        let checkout = config.timeouts_for(&Method::POST, "/api/checkout");
+        assert_eq!(checkout.total, Duration::from_millis(15_000));
+        assert_eq!(checkout.attempt, Some(Duration::from_millis(10_000)));
+        let other = config.timeouts_for(&Method::GET, "/api/checkout/1");
+        assert_eq!(other.total, Duration::from_millis(5_000));
+        assert_eq!(other.attempt, None);
+        let parsed: TimeoutConfig = serde_json::from_str(
+            r#"{"per_route": [{"prefix": "/api/books", "timeout_ms": 9000}]}"#,
+        )
+        .expect("attempt_ms is optional");
+        assert_eq!(
+            parsed.timeouts_for(&Method::GET, "/api/books"),
+            RequestTimeouts {
+                total: Duration::from_millis(9_000),
+                attempt: None
+            }
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Exchange {
     pub peer: Option<SocketAddr>,
     /// When the client's answer is due (arrival + the route's timeout); no attempt runs past it.
     pub deadline: Instant,
+    /// The route's own limit for one attempt, when it sets one (else the balancer's).
+    pub attempt_timeout: Option<Duration>,
     /// Instances already tried for this request, so a reroute goes somewhere else.
     pub tried: Vec<String>,
 }

@@ -117,6 +117,8 @@ impl Forward {
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
         let started = Instant::now();
+        // The stamp must say what the gateway will really wait.
+        let timeout = timeout.min(self.inner.request_timeout);
         let Exchange {
             service,
             method,

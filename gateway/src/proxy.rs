@@ -81,7 +81,8 @@ impl Inner {
         };
         // The deadline starts at arrival: the route's timeout, shortened by the client's own
         // budget when it sent one (the platform's deadline middleware put it in the extensions).
-        let mut deadline = Instant::now() + self.timeouts.timeout_for(request.method(), path);
+        let timeouts = self.timeouts.timeouts_for(request.method(), path);
+        let mut deadline = Instant::now() + timeouts.total;
         if let Some(client) = request.extensions().get::<platform::deadline::Deadline>() {
             deadline = deadline.min(client.0);
         }
@@ -122,6 +123,7 @@ impl Inner {
             body,
             peer,
             deadline,
+            attempt_timeout: timeouts.attempt,
             tried: Vec::new(),
         };
         match self.upstream.clone().oneshot(exchange).await {

@@ -355,6 +355,7 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             peer: None,
             deadline: Instant::now() + Duration::from_secs(5),
+            attempt_timeout: None,
             tried: Vec::new(),
         }
     }

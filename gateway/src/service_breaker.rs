@@ -494,6 +494,7 @@ mod tests {
             body: Bytes::new(),
             peer: None,
             deadline: Instant::now() + Duration::from_secs(30),
+            attempt_timeout: None,
             tried: Vec::new(),
         }
     }

@@ -65,6 +65,7 @@ fn exchange() -> Exchange {
         body: Bytes::new(),
         peer: None,
         deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+        attempt_timeout: None,
         tried: Vec::new(),
     }
 }

@@ -68,6 +68,15 @@ async fn gateway(
     books: Vec<Instance>,
     upstream: UpstreamConfig,
 ) -> anyhow::Result<(String, CancellationToken)> {
+    gateway_with(books, upstream, |_| {}).await
+}
+
+/// [`gateway`], with `adjust` applied to its configuration last.
+async fn gateway_with(
+    books: Vec<Instance>,
+    upstream: UpstreamConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> anyhow::Result<(String, CancellationToken)> {
     let mut config = Config {
         upstream,
         http: HttpConfig {
@@ -79,6 +88,7 @@ async fn gateway(
     };
     config.auth.jwt_secret = "a-test-secret-that-is-long-enough-for-hs256".into();
     config.balance.attempt_timeout_ms = 200;
+    adjust(&mut config);
     let upstreams = Arc::new(Upstreams::fixed(vec![
         ("books".into(), books),
         ("orders".into(), vec![]),
@@ -314,6 +324,42 @@ async fn each_attempt_tells_the_upstream_the_time_it_has_left() -> anyhow::Resul
         // Never more than the client gave, and never "none left" for a request that is sent.
         assert!((1..=150).contains(&left), "{left}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_route_with_its_own_attempt_timeout_waits_longer_than_the_balancers() -> anyhow::Result<()>
+{
+    let upstream = echo_upstream("a").await?;
+    let (gw, _stop) = gateway_with(
+        vec![instance("books-a", upstream)],
+        UpstreamConfig::default(),
+        |config| {
+            config.timeouts.per_route = vec![gateway::deadline::RouteTimeout {
+                prefix: "/api/books/slow".into(),
+                method: None,
+                timeout_ms: 3_000,
+                attempt_ms: Some(2_000),
+            }];
+        },
+    )
+    .await?;
+    // 500 ms is over the balancer's 200 ms attempt timeout: only the route's own one lets it pass.
+    let slow = |path: &str| {
+        client()
+            .get(format!("{gw}{path}"))
+            .header("x-test-delay-ms", "500")
+            .send()
+    };
+    let response = slow("/api/books/slow").await?;
+    assert_eq!(response.status(), 201);
+    let echo: Value = response.json().await?;
+    let told: u64 = echo["request_timeout_ms"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("x-request-timeout-ms");
+    assert!((1_000..=2_000).contains(&told), "{told}");
+    expect_problem(slow("/api/books/other").await?, 504).await?;
     Ok(())
 }
 

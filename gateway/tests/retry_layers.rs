@@ -130,6 +130,7 @@ fn request(method: Method, timeout: Duration) -> Exchange {
         body: Bytes::new(),
         peer: None,
         deadline: Instant::now() + timeout,
+        attempt_timeout: None,
         tried: Vec::new(),
     }
 }

@@ -277,6 +277,27 @@ async fn a_checkout_takes_stock_and_credit_once_in_both_modes_and_replays_its_an
     assert_eq!(shop.stock_of(&a).await?, 6);
     assert_eq!(shop.stock_of(&b).await?, 3);
     assert_eq!(shop.credit_of(&buyer).await?, 20_000 - spent);
+
+    // With the catalog down, a new checkout cannot be priced (503), but a repeat still gets the
+    // recorded answer: the quote comes first, and its failure falls back to the record.
+    for books in shop.platform.processes("books") {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(books.pid)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    }
+    let fresh = shop
+        .checkout(&buyer, "basket-books-down", "2pc", &[(&a, 1)])
+        .await?;
+    expect_problem(fresh, 503).await;
+    let again = shop
+        .checkout(&buyer, "basket-2pc", "2pc", &[(&a, 2), (&b, 1)])
+        .await?;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    for books in shop.platform.processes("books") {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(books.pid)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    }
+    assert_eq!(shop.stock_of(&a).await?, 6);
     shop.assert_invariants(Duration::from_secs(10)).await
 }
 

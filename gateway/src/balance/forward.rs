@@ -41,7 +41,10 @@ impl Service<(Instance, Exchange)> for ForwardEndpoint {
 
     fn call(&mut self, (instance, exchange): (Instance, Exchange)) -> Self::Future {
         let forward = self.forward.clone();
-        let timeout = self.attempt_timeout.min(exchange.remaining());
+        let timeout = exchange
+            .attempt_timeout
+            .unwrap_or(self.attempt_timeout)
+            .min(exchange.remaining());
         Box::pin(async move {
             // Sending with no time left would only "time out" and blame a healthy instance.
             if timeout.is_zero() {

@@ -53,6 +53,7 @@ fn exchange(tried: &[&str]) -> Exchange {
         body: Bytes::new(),
         peer: None,
         deadline: Instant::now() + Duration::from_secs(10),
+        attempt_timeout: None,
         tried: tried.iter().map(|s| s.to_string()).collect(),
     }
 }

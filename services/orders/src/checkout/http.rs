@@ -63,24 +63,66 @@ async fn checkout(
 ) -> Result<Response, ApiError> {
     let request = CheckoutRequest::parse(body)?;
     let hash = request_hash(&request)?;
-    let (row, created) =
-        ledger::start(&state.pool, customer_id, key.as_str(), &hash, request.mode).await?;
-    if !created {
-        if row.request_hash != hash {
-            return Err(ApiError::invalid(
-                "Idempotency-Key",
-                "this key was already used for another checkout; use a new key for a new basket",
-            ));
+    // Quoted before the checkout is recorded, so that recording it is one write. A repeated
+    // request costs a quote it does not use; a quote that fails still lets a repeat replay.
+    let quote = match &state.checkout {
+        Some(checkout) => quote(checkout, &request, checkout.config.call_timeout()).await,
+        None => Err(unavailable(
+            "checkout is not available: this instance has no registry",
+        )),
+    };
+    let quote = match quote {
+        Ok(quote) => quote,
+        Err(err) => {
+            return match ledger::find(&state.pool, customer_id, key.as_str()).await? {
+                Some(row) => replay(&state, row, &hash).await,
+                None => Err(err),
+            };
         }
-        let row = refresh(&state, row).await?;
-        let mut response = answer(&state, &row).await?;
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-        return Ok(response);
+    };
+    let (id, order_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let placement = placement(order_id, customer_id, &request, &quote);
+    let problem = unknown_books(id, &quote);
+    let lines = serde_json::to_value(&placement.lines)
+        .map_err(|e| anyhow::Error::new(e).context("Failed to serialize the order lines"))?;
+    let new = ledger::NewCheckout {
+        id,
+        order_id,
+        customer_id,
+        key: key.as_str(),
+        hash: &hash,
+        mode: request.mode,
+        total_cents: problem.is_none().then_some(placement.total_cents),
+        lines: problem.is_none().then_some(&lines),
+        problem: problem.as_ref(),
+    };
+    let (row, created) = ledger::start(&state.pool, &new).await?;
+    if !created {
+        return replay(&state, row, &hash).await;
     }
-    let row = run(&state, row, &request).await?;
+    let row = if row.is_final() {
+        row
+    } else {
+        run(&state, row, &placement).await?
+    };
     answer(&state, &row).await
+}
+
+/// The answer to a request repeating an earlier one's key: the earlier checkout's answer as it
+/// stands now, marked replayed — or a 422 when the key came with another basket.
+async fn replay(state: &AppState, row: CheckoutRow, hash: &[u8]) -> Result<Response, ApiError> {
+    if row.request_hash != hash {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "this key was already used for another checkout; use a new key for a new basket",
+        ));
+    }
+    let row = refresh(state, row).await?;
+    let mut response = answer(state, &row).await?;
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    Ok(response)
 }
 
 /// The order a checkout creates, for `GET /api/orders/{id}` when no order row exists: the checkout
@@ -94,12 +136,12 @@ pub async fn pending_order(state: &AppState, order_id: Uuid) -> Result<Option<Or
     order_of(state, &row).await.map(Some)
 }
 
-/// Quotes, submits and records the outcome. Errors before the coordinator has the transaction
-/// forget the checkout (nothing happened, the key may be used again).
+/// Submits the recorded checkout and records the outcome. When the coordinator certainly never got
+/// it, the checkout is forgotten (nothing happened, the key may be used again).
 async fn run(
     state: &AppState,
     row: CheckoutRow,
-    request: &CheckoutRequest,
+    placement: &Placement,
 ) -> Result<CheckoutRow, ApiError> {
     let Some(checkout) = &state.checkout else {
         ledger::forget(&state.pool, row.id).await?;
@@ -108,21 +150,7 @@ async fn run(
         ));
     };
     let config = &checkout.config;
-    let quote = match quote(checkout, request, config.call_timeout()).await {
-        Ok(quote) => quote,
-        Err(err) => {
-            ledger::forget(&state.pool, row.id).await?;
-            return Err(err);
-        }
-    };
-    if let Some(problem) = unknown_books(&row, &quote) {
-        return Ok(ledger::update(&state.pool, row.id, "aborted", None, Some(&problem)).await?);
-    }
-    let placement = placement(&row, request, &quote);
-    let lines = serde_json::to_value(&placement.lines)
-        .map_err(|e| anyhow::Error::new(e).context("Failed to serialize the order lines"))?;
-    ledger::quoted(&state.pool, row.id, placement.total_cents, &lines).await?;
-    let submission = submission(&row, config, &placement, config.wait_ms);
+    let submission = submission(&row, config, placement, config.wait_ms);
     let wait = Duration::from_millis(config.wait_ms) + config.call_timeout();
     let outcome = checkout
         .peers
@@ -359,7 +387,7 @@ struct QuotedBook {
     price_cents: i64,
 }
 
-fn unknown_books(row: &CheckoutRow, quote: &Quote) -> Option<Value> {
+fn unknown_books(checkout_id: Uuid, quote: &Quote) -> Option<Value> {
     if quote.missing.is_empty() {
         return None;
     }
@@ -368,10 +396,15 @@ fn unknown_books(row: &CheckoutRow, quote: &Quote) -> Option<Value> {
         "detail": format!("{} of the books are not in the catalog", quote.missing.len()),
         "book_ids": quote.missing,
     });
-    Some(refusal_problem(row, &refusal))
+    Some(refusal_problem(checkout_id, &refusal))
 }
 
-fn placement(row: &CheckoutRow, request: &CheckoutRequest, quote: &Quote) -> Placement {
+fn placement(
+    order_id: Uuid,
+    customer_id: Uuid,
+    request: &CheckoutRequest,
+    quote: &Quote,
+) -> Placement {
     let lines: Vec<PlacedLine> = request
         .items
         .iter()
@@ -391,8 +424,8 @@ fn placement(row: &CheckoutRow, request: &CheckoutRequest, quote: &Quote) -> Pla
         .map(|l| i64::from(l.quantity) * l.price_cents)
         .sum();
     Placement {
-        order_id: row.order_id,
-        customer_id: row.customer_id,
+        order_id,
+        customer_id,
         mode: request.mode,
         lines,
         total_cents,
@@ -403,7 +436,7 @@ fn placement(row: &CheckoutRow, request: &CheckoutRequest, quote: &Quote) -> Pla
 /// (what is short), else a plain "it did not complete".
 fn refused(row: &CheckoutRow, body: &Value) -> Value {
     match body.get("refusal").filter(|r| r.is_object()) {
-        Some(refusal) => refusal_problem(row, refusal),
+        Some(refusal) => refusal_problem(row.id, refusal),
         None => aborted_problem(
             row,
             "the checkout could not complete in time and was rolled back",
@@ -411,7 +444,7 @@ fn refused(row: &CheckoutRow, body: &Value) -> Value {
     }
 }
 
-fn refusal_problem(row: &CheckoutRow, refusal: &Value) -> Value {
+fn refusal_problem(checkout_id: Uuid, refusal: &Value) -> Value {
     let kind = refusal
         .get("kind")
         .and_then(Value::as_str)
@@ -422,7 +455,7 @@ fn refusal_problem(row: &CheckoutRow, refusal: &Value) -> Value {
         .unwrap_or("the checkout was refused");
     problem_with(
         Problem::new(StatusCode::CONFLICT, kind, detail),
-        row,
+        checkout_id,
         Some(refusal),
     )
 }
@@ -431,15 +464,15 @@ fn aborted_problem(row: &CheckoutRow, why: &str) -> Value {
     let detail = format!("{why}; nothing was charged. Check out again with a new Idempotency-Key");
     problem_with(
         Problem::new(StatusCode::CONFLICT, "checkout-aborted", detail),
-        row,
+        row.id,
         None,
     )
 }
 
-fn problem_with(problem: Problem, row: &CheckoutRow, refusal: Option<&Value>) -> Value {
+fn problem_with(problem: Problem, checkout_id: Uuid, refusal: Option<&Value>) -> Value {
     let mut value = serde_json::to_value(problem).unwrap_or_else(|_| json!({}));
     if let Some(object) = value.as_object_mut() {
-        object.insert("checkout_id".into(), json!(row.id));
+        object.insert("checkout_id".into(), json!(checkout_id));
         if let Some(refusal) = refusal {
             object.insert("refusal".into(), refusal.clone());
         }

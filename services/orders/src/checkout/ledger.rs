@@ -39,43 +39,77 @@ impl CheckoutRow {
     }
 }
 
-/// Records a new checkout, or returns the one this customer already started with this key.
-/// `Ok((row, true))` when this call created it.
+/// A checkout about to be recorded: its ids, quoted lines and total, and — when the quote already
+/// refused it (a book not in the catalog) — its final problem.
+#[derive(Debug, Clone)]
+pub struct NewCheckout<'a> {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub key: &'a str,
+    pub hash: &'a [u8],
+    pub mode: OrderMode,
+    /// Both `None` when the checkout is refused from the start.
+    pub total_cents: Option<i64>,
+    pub lines: Option<&'a Value>,
+    pub problem: Option<&'a Value>,
+}
+
+/// Records a new checkout (`started`, or `aborted` with its problem) in one statement, or returns
+/// the one this customer already started with this key. `Ok((row, true))` when this call created it.
 pub async fn start(
     pool: &PgPool,
-    customer_id: Uuid,
-    key: &str,
-    hash: &[u8],
-    mode: OrderMode,
+    new: &NewCheckout<'_>,
 ) -> Result<(CheckoutRow, bool), sqlx::Error> {
+    let status = if new.problem.is_some() {
+        "aborted"
+    } else {
+        "started"
+    };
     let inserted: Option<CheckoutRow> = sqlx::query_as(concat!(
-        "INSERT INTO checkouts (id, customer_id, idempotency_key, request_hash, mode, order_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO checkouts (id, customer_id, idempotency_key, request_hash, mode, order_id,
+                                total_cents, lines, status, problem)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (customer_id, idempotency_key) DO NOTHING
          RETURNING ",
         columns!()
     ))
-    .bind(Uuid::now_v7())
-    .bind(customer_id)
-    .bind(key)
-    .bind(hash)
-    .bind(mode.as_str())
-    .bind(Uuid::now_v7())
+    .bind(new.id)
+    .bind(new.customer_id)
+    .bind(new.key)
+    .bind(new.hash)
+    .bind(new.mode.as_str())
+    .bind(new.order_id)
+    .bind(new.total_cents)
+    .bind(new.lines)
+    .bind(status)
+    .bind(new.problem)
     .fetch_optional(pool)
     .await?;
     if let Some(row) = inserted {
         return Ok((row, true));
     }
-    let existing: CheckoutRow = sqlx::query_as(concat!(
+    let existing = find(pool, new.customer_id, new.key).await?.ok_or_else(|| {
+        sqlx::Error::Protocol("a checkout vanished while its key was being taken".into())
+    })?;
+    Ok((existing, false))
+}
+
+/// The checkout this customer started with this key, if any.
+pub async fn find(
+    pool: &PgPool,
+    customer_id: Uuid,
+    key: &str,
+) -> Result<Option<CheckoutRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
         "SELECT ",
         columns!(),
         " FROM checkouts WHERE customer_id = $1 AND idempotency_key = $2"
     ))
     .bind(customer_id)
     .bind(key)
-    .fetch_one(pool)
-    .await?;
-    Ok((existing, false))
+    .fetch_optional(pool)
+    .await
 }
 
 /// The checkout that creates order `order_id`, if any.
@@ -90,22 +124,6 @@ pub async fn by_order(pool: &PgPool, order_id: Uuid) -> Result<Option<CheckoutRo
     .await
 }
 
-/// Keeps the quoted lines and total, before the transaction is submitted.
-pub async fn quoted(
-    pool: &PgPool,
-    id: Uuid,
-    total_cents: i64,
-    lines: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE checkouts SET total_cents = $2, lines = $3 WHERE id = $1")
-        .bind(id)
-        .bind(total_cents)
-        .bind(lines)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// Moves a checkout on. A final status is never changed again (the guard), so a slow writer with an
 /// older view cannot undo a newer one; the row as stored afterwards is returned.
 pub async fn update(
@@ -115,23 +133,28 @@ pub async fn update(
     protocol_state: Option<&str>,
     problem: Option<&Value>,
 ) -> Result<CheckoutRow, sqlx::Error> {
-    sqlx::query(
-        "UPDATE checkouts
-         SET status = $2, protocol_state = coalesce($3, protocol_state), problem = $4
-         WHERE id = $1 AND status NOT IN ('committed', 'aborted')",
-    )
+    // One statement: the updated row, or — when the guard kept it — the row as it is.
+    sqlx::query_as(concat!(
+        "WITH u AS (
+             UPDATE checkouts
+             SET status = $2, protocol_state = coalesce($3, protocol_state), problem = $4
+             WHERE id = $1 AND status NOT IN ('committed', 'aborted')
+             RETURNING ",
+        columns!(),
+        "
+         )
+         SELECT ",
+        columns!(),
+        " FROM u
+         UNION ALL
+         SELECT ",
+        columns!(),
+        " FROM checkouts WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM u)"
+    ))
     .bind(id)
     .bind(status)
     .bind(protocol_state)
     .bind(problem)
-    .execute(pool)
-    .await?;
-    sqlx::query_as(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM checkouts WHERE id = $1"
-    ))
-    .bind(id)
     .fetch_one(pool)
     .await
 }
