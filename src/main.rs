@@ -219,6 +219,15 @@ where
     result.map_err(|e| anyhow::anyhow!("{name} server task failed: {e}"))?
 }
 
+/// The instance's own readiness endpoint, as its registry agent reaches it (on this host).
+fn ready_url(addr: std::net::SocketAddr) -> String {
+    let mut local = addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{local}/health/ready")
+}
+
 /// Registers the instance under `name-<port>` and keeps it registered until shutdown, when the agent
 /// deregisters it (before the listener stops, so the gateway stops sending traffic first).
 fn register(
@@ -235,6 +244,7 @@ fn register(
         port: addr.port(),
         tags: Vec::new(),
         meta: Default::default(),
+        ready_url: Some(ready_url(addr)),
     };
     discovery::client::spawn_agent(registry, registration, shutdown)
 }

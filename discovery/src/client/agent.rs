@@ -1,7 +1,8 @@
-//! Keeps one instance registered: register with a TTL check, pass it every heartbeat, register again
-//! when the registry has forgotten us (restarted: it answers 404 for our check), deregister on
-//! shutdown. The registry being down never stops the service; it is retried with backoff, and only
-//! changes of state are logged, not every heartbeat.
+//! Keeps one instance registered: register with a TTL check, pass it every heartbeat — or fail it,
+//! when the instance's own readiness endpoint says it is not ready —, register again when the
+//! registry has forgotten us (restarted: it answers 404 for our check), deregister on shutdown. The
+//! registry being down never stops the service; it is retried with backoff, and only changes of
+//! state are logged, not every heartbeat.
 
 use std::time::Duration;
 
@@ -51,6 +52,15 @@ struct Agent {
     check_id: String,
     heartbeat: Duration,
     client: reqwest::Client,
+    /// Where to ask whether this instance is ready (see [`Registration::ready_url`]).
+    ready: Option<url::Url>,
+}
+
+/// What a heartbeat reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    Ready,
+    NotReady(String),
 }
 
 impl Agent {
@@ -67,6 +77,13 @@ impl Agent {
             );
         }
         config.endpoint(&[])?;
+        let ready = match registration.ready_url.as_deref() {
+            Some(raw) => Some(
+                url::Url::parse(raw)
+                    .map_err(|e| anyhow::anyhow!("the readiness URL {raw:?} is not a URL: {e}"))?,
+            ),
+            None => None,
+        };
         // A call may take at most a heartbeat (within 1–5 s), so a hung registry cannot stall the loop.
         let client = http_client(heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(5)))?;
         Ok(Agent {
@@ -75,7 +92,27 @@ impl Agent {
             registration,
             heartbeat,
             client,
+            ready,
         })
+    }
+
+    /// Asks the instance's readiness endpoint (ready when none is set).
+    async fn health(&self) -> Health {
+        let Some(url) = &self.ready else {
+            return Health::Ready;
+        };
+        match self.client.get(url.clone()).send().await {
+            Ok(response) if response.status().is_success() => Health::Ready,
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                Health::NotReady(format!(
+                    "readiness answered {status}: {}",
+                    first_line(&body)
+                ))
+            }
+            Err(e) => Health::NotReady(format!("readiness did not answer: {e}")),
+        }
     }
 
     async fn run(self, shutdown: CancellationToken) {
@@ -83,9 +120,10 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut registered = false;
         let mut reachable = true;
+        let mut last_health = Health::Ready;
         loop {
             if !registered {
-                match self.register().await {
+                match self.register(&self.health().await).await {
                     Ok(()) => {
                         tracing::info!(service = %self.registration.name, id = %id, "registered with the registry");
                         (registered, reachable) = (true, true);
@@ -105,7 +143,17 @@ impl Agent {
             if sleep_or_shutdown(self.heartbeat, &shutdown).await {
                 break;
             }
-            match self.pass().await {
+            let health = self.health().await;
+            if health != last_health {
+                match &health {
+                    Health::Ready => tracing::info!(id = %id, "ready again; reporting passing"),
+                    Health::NotReady(why) => {
+                        tracing::warn!(id = %id, reason = %why, "not ready; reporting critical")
+                    }
+                }
+                last_health = health.clone();
+            }
+            match self.report(&health).await {
                 Ok(()) if !reachable => {
                     tracing::info!(id = %id, "registry reachable again");
                     reachable = true;
@@ -125,9 +173,9 @@ impl Agent {
         self.deregister().await;
     }
 
-    /// Registers passing (the service starts its agent once it is ready to serve) with a TTL check
-    /// whose ID we choose, so we know what to pass.
-    async fn register(&self) -> anyhow::Result<()> {
+    /// Registers with a TTL check whose ID we choose, so we know what to pass; passing when ready
+    /// (the service starts its agent once it is ready to serve), critical otherwise.
+    async fn register(&self, health: &Health) -> anyhow::Result<()> {
         let r = &self.registration;
         let definition = ServiceDefinition {
             id: Some(r.id.clone()),
@@ -143,7 +191,13 @@ impl Agent {
                 deregister_critical_service_after: Some(RawDuration::seconds(
                     self.config.deregister_critical_after_seconds,
                 )),
-                status: Some("passing".into()),
+                status: Some(
+                    match health {
+                        Health::Ready => "passing",
+                        Health::NotReady(_) => "critical",
+                    }
+                    .into(),
+                ),
                 ..CheckDefinition::default()
             }),
             checks: None,
@@ -155,11 +209,19 @@ impl Agent {
         expect_success(response).await
     }
 
-    async fn pass(&self) -> Result<(), PassError> {
-        let url = self
+    /// Passes the check when ready, fails it with the reason as its note when not.
+    async fn report(&self, health: &Health) -> Result<(), PassError> {
+        let verb = match health {
+            Health::Ready => "pass",
+            Health::NotReady(_) => "fail",
+        };
+        let mut url = self
             .config
-            .endpoint(&["v1", "agent", "check", "pass", &self.check_id])
+            .endpoint(&["v1", "agent", "check", verb, &self.check_id])
             .map_err(PassError::Failed)?;
+        if let Health::NotReady(why) = health {
+            url.query_pairs_mut().append_pair("note", why);
+        }
         let response = self
             .client
             .put(url)

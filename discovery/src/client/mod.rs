@@ -71,6 +71,12 @@ pub struct Registration {
     pub tags: Vec<String>,
     /// Free-form key/values, e.g. the version.
     pub meta: HashMap<String, String>,
+    /// The instance's own readiness URL (e.g. `http://127.0.0.1:8081/health/ready`). When set,
+    /// every heartbeat asks it first and reports the check passing only when it answers 2xx —
+    /// critical otherwise, with the reason as the note — so an instance that lost its database
+    /// leaves every watcher's healthy set within a heartbeat and returns when it recovers. `None`:
+    /// the heartbeat only says the process is alive.
+    pub ready_url: Option<String>,
 }
 
 /// One healthy instance of a watched service.

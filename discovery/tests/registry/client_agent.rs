@@ -24,6 +24,7 @@ pub fn books(id: &str, port: u16) -> Registration {
         port,
         tags: vec!["v1".into()],
         meta: [("version".to_owned(), "1.2.3".to_owned())].into(),
+        ready_url: None,
     }
 }
 
@@ -153,4 +154,64 @@ async fn without_a_registry_url_the_agent_does_nothing_and_ends() {
         .expect("ends at once")
         .expect("no panic");
     assert!(healthy_once(&config, "books").await.is_err());
+}
+
+/// An instance whose readiness endpoint answers whatever status the test sets.
+async fn readiness(status: std::sync::Arc<std::sync::atomic::AtomicU16>) -> String {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/health/ready",
+        get(move || {
+            let status = status.clone();
+            async move {
+                http::StatusCode::from_u16(status.load(std::sync::atomic::Ordering::SeqCst))
+                    .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/health/ready")
+}
+
+#[tokio::test]
+async fn an_instance_that_is_not_ready_is_reported_critical_until_it_is_ready_again() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let registry = TestRegistry::start().await;
+    let config = fast_config(registry.url());
+    let status = std::sync::Arc::new(AtomicU16::new(200));
+    let mut registration = books("books-1", 8081);
+    registration.ready_url = Some(readiness(status.clone()).await);
+    let shutdown = CancellationToken::new();
+    let agent = spawn_agent(config.clone(), registration, shutdown.clone());
+    eventually("ready: healthy", Duration::from_secs(5), || async {
+        healthy_ids(&config).await == ["books-1"]
+    })
+    .await;
+
+    // Not ready (its database is gone, say): out of the healthy set although the process lives,
+    // and the reason is the check's output.
+    status.store(503, Ordering::SeqCst);
+    eventually("not ready: critical", Duration::from_secs(5), || async {
+        healthy_ids(&config).await.is_empty()
+    })
+    .await;
+    let health = registry.get("/v1/health/service/books").await;
+    assert_eq!(health[0]["Checks"][0]["Status"], "critical");
+    let output = health[0]["Checks"][0]["Output"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(output.contains("503"), "{output}");
+
+    status.store(200, Ordering::SeqCst);
+    eventually("ready again: healthy", Duration::from_secs(5), || async {
+        healthy_ids(&config).await == ["books-1"]
+    })
+    .await;
+    shutdown.cancel();
+    let _ = agent.await;
+    registry.stop().await;
 }
