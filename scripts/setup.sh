@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the platform and its tests need and is missing on this machine (Debian with Rust and
-# the PostgreSQL 15 server binaries). Safe to run again: it only installs what is missing.
+# the PostgreSQL 15 server binaries; Redis is installed here when missing). Safe to run again: it only installs what is missing.
 #   scripts/setup.sh          what `bookstore up` needs
 #   scripts/setup.sh --test   plus what the test suite needs (newman for the Postman collection)
 set -euo pipefail
@@ -43,10 +43,16 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
+# The cache ring's nodes (`bookstore up` starts three; tests start their own).
+if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; then
+  apt_install redis-server
+fi
+
 if $want_test; then
   command -v npm >/dev/null || apt_install nodejs npm
   if ! command -v newman >/dev/null; then
     say "installing newman (runs the Postman collection)"
     as_root npm install -g --no-audit --no-fund --loglevel=error newman@6 >/dev/null
   fi
+  command -v promtool >/dev/null || apt_install prometheus  # promtool: the alert rules' unit tests
 fi

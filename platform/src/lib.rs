@@ -1,10 +1,11 @@
 //! What every bookstore process shares, and nothing else: configuration, telemetry, the HTTP server
 //! bootstrap (health, metrics, graceful shutdown), problem+json errors, request extractors that turn
-//! bad input into those errors, cursor pagination and the PostgreSQL pool.
+//! bad input into those errors, cursor pagination, the PostgreSQL pool and the Redis cache ring.
 //!
 //! No business logic lives here; components build on it and talk to each other only over HTTP.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod deadline;

@@ -1,5 +1,5 @@
 //! The local launcher and everything that starts real servers on loopback: PostgreSQL (as an
-//! unprivileged OS user when run as root), supervised `bookstore` component processes, and the
+//! unprivileged OS user when run as root), the Redis nodes of the cache ring, supervised `bookstore` component processes, and the
 //! operator commands `up`, `status` and `down`. The test harness (`testkit`) reuses the same code, so
 //! what tests start is what users run.
 
@@ -8,6 +8,7 @@ pub mod os_user;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod state;
 pub mod status;
 pub mod up;

@@ -163,8 +163,11 @@ async fn probe(client: &reqwest::Client, process: &ProcessInfo) -> String {
     if !alive(process.pid) {
         return "exited".into();
     }
-    if process.kind == "postgres" {
-        let addr = process.url.trim_start_matches("postgres://");
+    if process.kind == "postgres" || process.kind == "redis" {
+        let addr = process
+            .url
+            .trim_start_matches("postgres://")
+            .trim_start_matches("redis://");
         return match tokio::net::TcpStream::connect(addr).await {
             Ok(_) => "ready".into(),
             Err(_) => "not answering".into(),

@@ -28,6 +28,13 @@ pub struct UpArgs {
     /// Instances of each service.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
     pub instances: u16,
+    /// Redis nodes of the cache ring (0: no cache, books read the database only).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=8))]
+    pub redis_nodes: u16,
+    /// The Redis AOF fsync policy: `everysec` (a crashed redis-server loses nothing it
+    /// acknowledged; a crashed machine up to ~2 s) or `always` (nothing, slower). See docs/CACHE.md.
+    #[arg(long, default_value = crate::redis::DEFAULT_APPENDFSYNC, value_parser = ["always", "everysec", "no"])]
+    pub redis_appendfsync: String,
     /// Do not load demo data into an empty catalog.
     #[arg(long, env = "BOOKSTORE_NO_DEMO")]
     pub no_demo: bool,
@@ -87,7 +94,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     let hidden = quiet
         || std::env::var_os("CI").is_some()
         || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = ProgressBar::new(6);
+    let bar = ProgressBar::new(7);
     if hidden {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
@@ -100,7 +107,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    for sub in ["logs", "run", "pg"] {
+    for sub in ["logs", "run", "pg", "redis"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
     }
@@ -121,6 +128,9 @@ fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 fn preflight(args: &UpArgs) -> anyhow::Result<()> {
     PgBinaries::locate()?;
+    if args.redis_nodes > 0 {
+        crate::redis::locate()?;
+    }
     os_user::server_user()?;
     for (port, what, flag) in [
         (args.gateway_port, "gateway", "--gateway-port"),
@@ -139,6 +149,8 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     let secrets = Secrets::load_or_create(&running.dir)?;
     step(progress, "starting PostgreSQL");
     start_postgres(running, &secrets).await?;
+    step(progress, "starting the Redis cache nodes");
+    let cache_nodes = start_redis(args, running).await?;
     step(progress, "starting the registry");
     let registry = spawn(
         running,
@@ -186,6 +198,9 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
                 ("BOOKSTORE_REGISTRY__URL", registry.clone()),
             ];
             env.extend(auth_env.iter().cloned());
+            if *kind == "books" && !cache_nodes.is_empty() {
+                env.push(("BOOKSTORE_CACHE__NODES", cache_nodes_setting(&cache_nodes)));
+            }
             spawn(running, &exe, &format!("{kind}-{n}"), kind, &env).await?;
         }
     }
@@ -269,6 +284,53 @@ async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Res
     });
     running.postgres = Some(server);
     running.state.write(dir)
+}
+
+/// Starts the cache ring's Redis nodes (`redis/<n>/` holds each one's AOF) and empties their cache
+/// database, so the platform never starts on entries an earlier run may have left stale; the
+/// ratings stream's database is kept. Returns the nodes' addresses in ring order.
+async fn start_redis(args: &UpArgs, running: &mut Running) -> anyhow::Result<Vec<String>> {
+    if args.redis_nodes == 0 {
+        return Ok(Vec::new());
+    }
+    let binary = crate::redis::locate()?;
+    let cache = platform::cache::CacheConfig::default();
+    let mut nodes = Vec::new();
+    for n in 1..=args.redis_nodes {
+        let name = format!("redis-{n}");
+        let log = running.dir.join("logs").join(format!("{name}.log"));
+        let options = crate::redis::RedisOptions {
+            name: name.clone(),
+            dir: running.dir.join("redis").join(n.to_string()),
+            log_file: log.clone(),
+            port: 0,
+            appendfsync: args.redis_appendfsync.clone(),
+            on_parent_death: nix::sys::signal::Signal::SIGTERM,
+        };
+        let server = crate::redis::start(&binary, &options).await?;
+        let addr = server.addr();
+        platform::cache::flush_node(&addr, cache.database, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("cannot empty the cache database of {name} ({addr})"))?;
+        let info = ProcessInfo {
+            name,
+            kind: "redis".into(),
+            pid: server.process.pid().unwrap_or(0),
+            url: format!("redis://{addr}"),
+            log,
+        };
+        running.state.processes.push(info.clone());
+        running.children.push((info, server.process));
+        nodes.push(addr);
+    }
+    running.state.write(&running.dir)?;
+    Ok(nodes)
+}
+
+/// The node list as a figment environment value: a TOML array of strings.
+fn cache_nodes_setting(nodes: &[String]) -> String {
+    let quoted: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", quoted.join(","))
 }
 
 /// A postmaster left behind by an `up` that was killed outright: ask it to stop before we start.

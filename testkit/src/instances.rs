@@ -53,6 +53,18 @@ impl TestPlatform {
         for (key, value) in secrets.auth_env() {
             spec = spec.env(key, value);
         }
+        if kind == "books" {
+            // The same cache ring as the platform's books: an instance outside it would not
+            // invalidate what the others cache, and they could serve what it replaced.
+            let nodes: Vec<String> = self
+                .processes("redis")
+                .iter()
+                .map(|p| format!("\"{}\"", p.url.trim_start_matches("redis://")))
+                .collect();
+            if !nodes.is_empty() {
+                spec = spec.env("BOOKSTORE_CACHE__NODES", format!("[{}]", nodes.join(",")));
+            }
+        }
         for (key, value) in extra_env {
             spec = spec.env(*key, *value);
         }

@@ -1,4 +1,4 @@
-//! The test harness every test uses: real PostgreSQL servers and real `bookstore` processes on free
+//! The test harness every test uses: real PostgreSQL servers, real Redis nodes and real `bookstore` processes on free
 //! loopback ports in temporary directories. Everything started here stops when its guard drops — also
 //! when a test panics — and, through a parent-death signal, even when the test process is killed.
 //! Tests run in parallel without clashing: each gets its own server, directory and ports.
@@ -6,6 +6,8 @@
 pub mod instances;
 pub mod platform;
 pub mod postgres;
+pub mod redis;
 
 pub use platform::TestPlatform;
 pub use postgres::TestPostgres;
+pub use redis::TestRedis;

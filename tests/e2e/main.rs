@@ -2,10 +2,13 @@
 //! instances, gateway) driven through the gateway, as a user would.
 
 mod authz;
+mod cache;
 mod checkout;
 mod cli;
 mod gateway;
 mod lifecycle;
+mod observability;
+mod ratings;
 mod resilience;
 mod traffic;
 mod transactions;

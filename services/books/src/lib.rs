@@ -1,13 +1,16 @@
 //! The catalog service. It owns the `books` database: books with optimistic concurrency (`ETag` /
-//! `If-Match`), keyset pagination, filters and text search, soft deletes.
+//! `If-Match`), keyset pagination, filters and text search, soft deletes; reads through the Redis
+//! cache ring ([`cache`]) and ratings written behind through a Redis Stream ([`ratings`]).
 //!
 //! A library so the `bookstore` binary (and tests) can start it: [`Application::build`] connects,
 //! migrates and binds; [`Application::run_until_stopped`] serves until the token is cancelled.
 //! Registering with the service registry is the caller's job.
 
+pub mod cache;
 pub mod checkout;
 pub mod domain;
 pub mod http;
+pub mod ratings;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +48,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Fault injection for the checkout branch (crash or answer late after a step); off by default.
     pub participant: ParticipantFaults,
+    /// The Redis cache ring and the entries' lifetimes (docs/CACHE.md); no nodes, no cache.
+    pub cache: cache::CacheSettings,
+    /// The ratings stream and its persister (docs/CACHE.md, "Ratings").
+    pub ratings: ratings::RatingsSettings,
 }
 
 /// A started, bound, migrated service that is not yet serving.
@@ -53,6 +60,12 @@ pub struct Application {
     pool: PgPool,
     verifier: Arc<TokenVerifier>,
     faults: ParticipantFaults,
+    cache: cache::BookCache,
+    ratings: ratings::RatingsSettings,
+    /// The ratings stream's node, when there is one.
+    stream_node: Option<String>,
+    /// Stops the cache ring's health loop when the application ends (or is dropped unserved).
+    cache_stop: tokio_util::sync::DropGuard,
 }
 
 impl Application {
@@ -71,11 +84,25 @@ impl Application {
         let server = Server::bind(&config.http)
             .await
             .context("Failed to bind the books HTTP listener")?;
+        let cache_stop = CancellationToken::new();
+        let ring =
+            platform::cache::Cache::start(config.cache.ring.clone(), cache_stop.clone()).await;
+        if ring.is_enabled() {
+            tracing::info!(nodes = ?config.cache.ring.nodes, up = ?ring.members(), "cache ring configured");
+        }
+        let stream_node = config
+            .ratings
+            .node(&config.cache.ring.nodes)
+            .map(str::to_owned);
         Ok(Application {
             server,
             pool,
             verifier,
             faults: config.participant,
+            ratings: config.ratings,
+            stream_node,
+            cache: cache::BookCache::new(ring, config.cache),
+            cache_stop: cache_stop.drop_guard(),
         })
     }
 
@@ -90,13 +117,50 @@ impl Application {
         let participant = Participant::new(self.pool.clone())
             .with_branch(checkout::ReserveStock)
             .with_faults(self.faults);
-        let api = router(AppState::new(self.pool.clone(), self.verifier.clone()))
-            .merge(participant.router(self.verifier.clone()));
+        // Checkout changes stock inside the participant's transactions; this layer invalidates the
+        // cache once they commit (see cache::checkout).
+        let participant_routes =
+            participant
+                .router(self.verifier.clone())
+                .layer(axum::middleware::from_fn_with_state(
+                    self.cache.clone(),
+                    cache::checkout::invalidate_after_commit,
+                ));
+        let mut state =
+            AppState::new(self.pool.clone(), self.verifier.clone()).with_cache(self.cache.clone());
+        if self.ratings.write_through {
+            state = state.with_ratings_written_through();
+        }
+        let persister_stop = CancellationToken::new();
+        let mut persister = None;
+        if let Some(node) = &self.stream_node {
+            let stream = ratings::RatingStream::new(&self.ratings, node)
+                .context("Failed to configure the ratings stream")?;
+            state = state.with_ratings(Arc::new(stream));
+            let consumer = format!("books-{}", uuid::Uuid::now_v7());
+            let worker = ratings::persister::Persister::new(
+                self.ratings.clone(),
+                node,
+                consumer,
+                self.pool.clone(),
+                self.cache.clone(),
+            )
+            .context("Failed to configure the ratings persister")?;
+            persister = Some(tokio::spawn(worker.run(persister_stop.clone())));
+        }
+        let api = router(state).merge(participant_routes);
         let result = self
             .server
             .serve(api, database_ready(self.pool.clone()), shutdown)
             .await;
+        // The persister stops at once (a batch in flight rolls back); whatever it had not
+        // acknowledged stays pending in the stream, and another persister claims it.
+        persister_stop.cancel();
+        if let Some(persister) = persister {
+            let _ = persister.await;
+        }
         self.pool.close().await;
+        drop(self.cache_stop);
         result
     }
 }

@@ -62,6 +62,10 @@ impl Reservation {
 }
 
 /// The `reserve` branch over the `books` table.
+///
+/// Its stock changes reach the cache through `crate::cache::checkout`, a layer around the
+/// participant routes that invalidates the books after the commit: the branch itself runs inside
+/// the participant's transaction and has no after-commit moment of its own.
 pub struct ReserveStock;
 
 #[derive(sqlx::FromRow)]

@@ -6,9 +6,11 @@ pub mod book;
 pub mod filter;
 pub mod isbn;
 pub mod new_book;
+pub mod rating;
 pub mod text;
 
 pub use book::{Book, BookRow, Rating};
 pub use filter::BookFilter;
 pub use isbn::Isbn;
 pub use new_book::{BookBody, NewBook};
+pub use rating::{NewRating, RatingBody};

@@ -4,12 +4,16 @@
 //! Anyone may read (a token, when sent, must still be valid); writes need the admin, checked by the
 //! first extractor so a customer gets 403 before the body is even looked at.
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http::HeaderValue;
 use http::StatusCode;
-use http::header::LOCATION;
+use http::header::{CONTENT_TYPE, LOCATION};
 use platform::auth::{AdminUser, MaybeAuthUser};
 use platform::extract::{Json, Path, Query};
 use platform::pagination::{Page, PageQuery};
@@ -21,6 +25,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::on_write;
 use super::etag::{IfMatch, MaybeIfMatch, etag};
+use crate::cache::CachedBook;
 use crate::domain::book::book_columns;
 use crate::domain::{Book, BookBody, BookFilter, BookRow, NewBook};
 
@@ -67,7 +72,7 @@ async fn list_books(
     _: MaybeAuthUser,
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
-) -> Result<Json<Page<Book>>, ApiError> {
+) -> Result<Response, ApiError> {
     let page = PageQuery {
         limit: params.limit,
         cursor: params.cursor,
@@ -89,38 +94,73 @@ async fn list_books(
             "cursor is not one this API issued; start again without it".into(),
         ));
     }
-    let rows = sqlx::query_as::<_, BookRow>(LIST_BOOKS)
-        // An unnamed statement is planned for the actual parameters each time; a cached one would
-        // drift to a generic plan, where `$3 IS NULL OR search @@ …` cannot use the indexes.
-        .persistent(false)
-        .bind(filter.author())
-        .bind(filter.genre())
-        .bind(filter.search_text())
-        .bind(filter.search_prefixes())
-        .bind(after.as_ref().map(|(title, _)| title.as_str()))
-        .bind(after.as_ref().map(|(_, id)| *id))
-        .bind(page.limit + 1)
-        .fetch_all(&state.pool)
+    // Every parameter that shapes the answer, normalised, is the page's cache identity.
+    let canonical = serde_json::json!([
+        filter.author(),
+        filter.genre(),
+        filter.search_text(),
+        after,
+        page.limit
+    ])
+    .to_string();
+    let pool = state.pool.clone();
+    let limit = page.limit;
+    let body = state
+        .cache
+        .list_page(&canonical, move || {
+            Box::pin(async move {
+                let rows = sqlx::query_as::<_, BookRow>(LIST_BOOKS)
+                    // An unnamed statement is planned for the actual parameters each time; a
+                    // cached one would drift to a generic plan, where `$3 IS NULL OR search @@ …`
+                    // cannot use the indexes.
+                    .persistent(false)
+                    .bind(filter.author())
+                    .bind(filter.genre())
+                    .bind(filter.search_text())
+                    .bind(filter.search_prefixes())
+                    .bind(after.as_ref().map(|(title, _)| title.as_str()))
+                    .bind(after.as_ref().map(|(_, id)| *id))
+                    .bind(limit + 1)
+                    .fetch_all(&pool)
+                    .await?;
+                let page = Page::from_rows(rows, limit, |row| (row.title.clone(), row.id));
+                to_json(&page.map(Book::from))
+            })
+        })
         .await?;
-    let page = Page::from_rows(rows, page.limit, |row| (row.title.clone(), row.id));
-    Ok(Json(page.map(Book::from)))
+    Ok(json_body(StatusCode::OK, None, &body))
 }
 
+/// Cache-aside (crate::cache): a hit answers without the database, a miss reads it once per key
+/// in this instance and fills the cache, "no such book" included (briefly).
 async fn get_book(
     _: MaybeAuthUser,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let row = sqlx::query_as::<_, BookRow>(concat!(
-        "SELECT ",
-        book_columns!(),
-        " FROM books WHERE id = $1 AND deleted_at IS NULL"
-    ))
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| not_found(id))?;
-    Ok(with_etag(StatusCode::OK, row))
+    let found = find_book(&state, id).await?.ok_or_else(|| not_found(id))?;
+    Ok(json_body(StatusCode::OK, Some(found.version), &found.json))
+}
+
+/// A live book through the cache (see [`get_book`]); `None` when there is no such book.
+pub(super) async fn find_book(state: &AppState, id: Uuid) -> Result<Option<CachedBook>, ApiError> {
+    let pool = state.pool.clone();
+    state
+        .cache
+        .book(id, move || {
+            Box::pin(async move {
+                let row = sqlx::query_as::<_, BookRow>(concat!(
+                    "SELECT ",
+                    book_columns!(),
+                    " FROM books WHERE id = $1 AND deleted_at IS NULL"
+                ))
+                .bind(id)
+                .fetch_optional(&pool)
+                .await?;
+                row.map(cached).transpose()
+            })
+        })
+        .await
 }
 
 async fn create_book(
@@ -145,6 +185,8 @@ async fn create_book(
     .fetch_one(&state.pool)
     .await
     .map_err(|e| on_write(e, book.isbn()))?;
+    // A new id has no entry to invalidate (it was never served); only the list pages change.
+    state.cache.books_changed(&[]).await;
     let location = format!("/api/books/{}", row.id);
     Ok(([(LOCATION, location)], with_etag(StatusCode::CREATED, row)).into_response())
 }
@@ -179,7 +221,12 @@ async fn update_book(
     .await
     .map_err(|e| on_write(e, book.isbn()))?;
     match updated {
-        Some(row) => Ok(with_etag(StatusCode::OK, row)),
+        Some(row) => {
+            // After the commit (the statement ran on its own) and before the answer: once the
+            // client sees 200, no instance can serve the old version from the cache.
+            state.cache.books_changed(&[id]).await;
+            Ok(with_etag(StatusCode::OK, row))
+        }
         None => Err(why_unchanged(&state.pool, id, expected).await),
     }
 }
@@ -202,7 +249,10 @@ async fn delete_book(
     .fetch_optional(&state.pool)
     .await?;
     match (deleted, expected) {
-        (Some(_), _) => Ok(StatusCode::NO_CONTENT),
+        (Some(_), _) => {
+            state.cache.books_changed(&[id]).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         (None, Some(expected)) => Err(why_unchanged(&state.pool, id, expected).await),
         (None, None) => Err(not_found(id)),
     }
@@ -231,7 +281,37 @@ fn with_etag(status: StatusCode, row: BookRow) -> Response {
     (status, [etag(book.version)], Json(book)).into_response()
 }
 
-fn not_found(id: Uuid) -> ApiError {
+/// A JSON body already serialized (from the cache or for it), with its ETag when it is one book.
+pub(super) fn json_body(status: StatusCode, version: Option<i64>, json: &[u8]) -> Response {
+    let mut response = (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        Bytes::copy_from_slice(json),
+    )
+        .into_response();
+    if let Some(version) = version {
+        let (name, value) = etag(version);
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// The cache's form of a row: its version and the API's JSON.
+fn cached(row: BookRow) -> Result<CachedBook, sqlx::Error> {
+    let version = row.version;
+    let json = to_json(&Book::from(row))?;
+    Ok(CachedBook { version, json })
+}
+
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<Arc<[u8]>, sqlx::Error> {
+    serde_json::to_vec(value)
+        .map(Arc::from)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+pub(super) fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no book with id {id}"))
 }
 

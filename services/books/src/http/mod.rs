@@ -5,6 +5,7 @@
 mod books;
 mod error;
 pub mod etag;
+mod ratings;
 
 use std::sync::Arc;
 
@@ -13,20 +14,55 @@ use axum::extract::FromRef;
 use platform::auth::TokenVerifier;
 use sqlx::PgPool;
 
+use crate::cache::BookCache;
+use crate::ratings::RatingStream;
+
 /// What handlers share. Cheap to clone (the pool and the verifier are reference-counted).
 #[derive(Clone)]
 pub struct AppState {
     pool: PgPool,
     verifier: Arc<TokenVerifier>,
+    cache: BookCache,
+    ratings: Option<Arc<RatingStream>>,
+    /// Ratings persisted at once instead of through the stream (a benchmark baseline).
+    ratings_write_through: bool,
 }
 
 impl AppState {
+    /// State without a cache (every read goes to the database); see [`AppState::with_cache`].
     pub fn new(pool: PgPool, verifier: Arc<TokenVerifier>) -> AppState {
-        AppState { pool, verifier }
+        AppState {
+            pool,
+            verifier,
+            cache: BookCache::disabled(),
+            ratings: None,
+            ratings_write_through: false,
+        }
+    }
+
+    /// Where accepted ratings go; without a stream, ratings are refused with 503.
+    pub fn with_ratings(mut self, ratings: Arc<RatingStream>) -> AppState {
+        self.ratings = Some(ratings);
+        self
+    }
+
+    /// Persists each rating before answering instead (see `RatingsSettings::write_through`).
+    pub fn with_ratings_written_through(mut self) -> AppState {
+        self.ratings_write_through = true;
+        self
+    }
+
+    pub fn with_cache(mut self, cache: BookCache) -> AppState {
+        self.cache = cache;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn cache(&self) -> &BookCache {
+        &self.cache
     }
 }
 
@@ -42,6 +78,7 @@ impl FromRef<AppState> for Arc<TokenVerifier> {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(books::router())
+        .merge(ratings::router())
         .merge(crate::checkout::quote::router())
         .with_state(state)
 }

@@ -2,11 +2,13 @@
 //! driven over HTTP the way clients drive it. One binary, so everything is compiled and linked once.
 
 mod auth;
+mod cache;
 mod create;
 mod delete;
 mod helpers;
 mod list;
 mod ops;
+mod ratings;
 mod read;
 mod search;
 mod update;

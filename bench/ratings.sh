@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Write-behind ratings and the book cache, each against its baseline, in one run (results and setup
+# in docs/BENCHMARKS.md):
+#   1. `bookstore up` as shipped (3 Redis nodes): POST /api/books/{id}/ratings through the gateway,
+#      answered 202 once the rating is in the Redis Stream; then the time the persisters need to
+#      drain what was accepted into PostgreSQL; then GET /api/books/{id} served from the cache.
+#   2. `bookstore up --redis-nodes 0` with ratings written through (BOOKSTORE_BOOKS__RATINGS__
+#      WRITE_THROUGH=true): the same POSTs, each persisted in its own transaction before its 201 —
+#      one INSERT per rating; then the same GETs, each a database read.
+# Ratios: write-behind ÷ write-through accepted ratings/s; cache-hit ÷ database GETs/s.
+#
+#   bench/ratings.sh
+#
+# Knobs (environment): CLIENTS=32 (wrk connections), DURATION=15 (seconds), WARMUP=3, CUSTOMERS=64,
+# BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-32}
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-3}
+CUSTOMERS=${CUSTOMERS:-64}
+BOOKS=${BOOKS:-200}
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+for tool in wrk curl python3 redis-cli; do
+  command -v "$tool" >/dev/null ||
+    die "$tool is missing: run bench/gateway-vs-nginx.sh once (it installs wrk), or apt-get install $tool"
+done
+scripts/setup.sh
+if [[ -n "${BOOKSTORE_BIN:-}" ]]; then
+  BOOKSTORE=$BOOKSTORE_BIN
+else
+  say "building the release binary"
+  cargo build --release --quiet --bin bookstore
+  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  BOOKSTORE="$target_dir/release/bookstore"
+fi
+
+out=${BENCH_OUT:-$(mktemp -d /tmp/ratings-bench.XXXXXX)}
+mkdir -p "$out"
+work=$(mktemp -d /tmp/ratings-bench-work.XXXXXX)
+chmod 755 "$work"
+up_pid=""
+stop_platform() {
+  if [[ -n "$up_pid" ]]; then
+    kill -TERM "$up_pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$up_pid" 2>/dev/null || true
+    up_pid=""
+  fi
+}
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  stop_platform
+  [[ -n "${BENCH_KEEP:-}" ]] && say "kept $work" || rm -rf "$work"
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+# start_platform <dir> [up options...]: starts `bookstore up` and sets $gateway.
+start_platform() {
+  local dir=$1; shift
+  BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$dir" \
+    --gateway-port 0 --registry-port 0 --quiet --no-demo "$@" >"$dir.out" 2>&1 &
+  up_pid=$!
+  for _ in $(seq 1 1200); do
+    kill -0 "$up_pid" 2>/dev/null || { cat "$dir.out" >&2; die "bookstore up exited"; }
+    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$dir/state.json" 2>/dev/null && break
+    sleep 0.1
+  done
+  gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$dir/state.json")
+  say "creating $BOOKS books and $CUSTOMERS customers"
+  python3 bench/seed.py "$gateway" "$dir/secrets.json" "$BOOKS" "$CUSTOMERS" "$dir"
+}
+
+# load <name> <what>: warm-up, then the measured wrk run into $out/wrk-<name>.txt.
+load() {
+  local name=$1 what=$2 dir=$3
+  say "$name: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
+  wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" >/dev/null
+  wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/ratings.lua "$gateway" -- \
+    "$dir/tokens.txt" "$dir/books.txt" "$what" | tee "$out/wrk-$name.txt"
+}
+
+# The stream node: where the books instances were told the ratings stream is (redis-1).
+stream_pending() {
+  local port
+  port=$(python3 -c 'import json,sys; print(next(p["url"].rsplit(":",1)[1] for p in json.load(open(sys.argv[1]))["processes"] if p["name"] == "redis-1"))' "$1/state.json")
+  redis-cli -p "$port" -n 1 XLEN books:ratings
+}
+
+say "1/2: write-behind and the cache (bookstore up as shipped)"
+start_platform "$work/behind"
+load behind rate "$work/behind"
+drain_start=$(date +%s.%N)
+for _ in $(seq 1 1200); do
+  [[ $(stream_pending "$work/behind") == 0 ]] && break
+  sleep 0.1
+done
+drain_end=$(date +%s.%N)
+echo "drain_seconds=$(python3 -c "print(round($drain_end - $drain_start, 2))")" | tee "$out/drain.txt"
+[[ $(stream_pending "$work/behind") == 0 ]] || die "the persisters did not drain the stream within 120 s"
+load cached read "$work/behind"
+
+# The storage paths alone, on the same servers: XADD of a rating-sized entry (redis-benchmark) vs
+# one INSERT per rating in its own transaction (pgbench), both at $CLIENTS connections.
+say "storage alone: XADD vs one INSERT per transaction, ${DURATION}s each"
+redis_port=$(python3 -c 'import json,sys; print(next(p["url"].rsplit(":",1)[1] for p in json.load(open(sys.argv[1]))["processes"] if p["name"] == "redis-1"))' "$work/behind/state.json")
+redis-benchmark -p "$redis_port" --dbnum 2 -c "$CLIENTS" -n $((DURATION * 20000)) -q \
+  XADD bench:ratings '*' rating_id 0190d0a0-0000-7000-8000-000000000000 \
+  customer_id 0190d0a0-0000-7000-8000-000000000001 book_id 0190d0a0-0000-7000-8000-000000000002 \
+  stars 4 text bench at 1733200000000 | tr '\r' '\n' | grep -a 'requests per second' | tail -1 | tee "$out/xadd.txt"
+pg_port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_port"])' "$work/behind/state.json")
+pg_password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_superuser"])' "$work/behind/secrets.json")
+cat >"$work/insert.sql" <<'SQL'
+INSERT INTO ratings (customer_id, book_id, rating_id, stars, text, stream_ms, stream_seq, rated_at)
+VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 4, 'bench', 1733200000000, 0, now());
+SQL
+pgbench_bin=$(dirname "$(readlink -f "$(command -v pg_ctl)")")/pgbench
+PGPASSWORD=$pg_password "$pgbench_bin" -h 127.0.0.1 -p "$pg_port" -U postgres -n -M prepared \
+  -c "$CLIENTS" -j 2 -T "$DURATION" -f "$work/insert.sql" books 2>&1 | tee "$out/insert.txt" | grep '^tps'
+PGPASSWORD=$pg_password psql -h 127.0.0.1 -p "$pg_port" -U postgres -d books -qc \
+  "DELETE FROM ratings WHERE text = 'bench' AND stream_ms = 1733200000000"
+stop_platform
+
+say "2/2: write-through and no cache (bookstore up --redis-nodes 0)"
+BOOKSTORE_BOOKS__RATINGS__WRITE_THROUGH=true start_platform "$work/through" --redis-nodes 0
+load through rate "$work/through"
+load database read "$work/through"
+stop_platform
+
+python3 - "$out" "$DURATION" <<'PY'
+import json, re, sys
+out, duration = sys.argv[1], float(sys.argv[2])
+def ms(text, p):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+def run(name, ok):
+    text = open("%s/wrk-%s.txt" % (out, name)).read()
+    statuses = dict(s.split("=") for s in re.search(r"statuses (.*)", text).group(1).split())
+    secs = float(re.search(r"requests in ([\d.]+)s", text).group(1))
+    return {"ok_per_s": int(statuses.get(ok, 0)) / secs, "p50_ms": ms(text, 50), "p99_ms": ms(text, 99),
+            "statuses": statuses, "ok": int(statuses.get(ok, 0))}
+r = {"behind": run("behind", "202"), "through": run("through", "201"),
+     "cached": run("cached", "200"), "database": run("database", "200")}
+drain = float(re.search(r"drain_seconds=([\d.]+)", open(out + "/drain.txt").read()).group(1))
+r["behind"]["persisted_per_s_incl_drain"] = r["behind"]["ok"] / (duration + drain)
+print("\n%-14s %10s %9s %9s  %s" % ("run", "ok/s", "p50 ms", "p99 ms", "statuses"))
+for name in ("behind", "through", "cached", "database"):
+    x = r[name]
+    print("%-14s %10.0f %9.2f %9.2f  %s" % (name, x["ok_per_s"], x["p50_ms"], x["p99_ms"], x["statuses"]))
+print("\nwrite-behind accepted / write-through: %.2fx   (persisted incl. %.1f s drain: %.0f/s = %.2fx)" % (
+    r["behind"]["ok_per_s"] / max(r["through"]["ok_per_s"], 1e-9), drain,
+    r["behind"]["persisted_per_s_incl_drain"],
+    r["behind"]["persisted_per_s_incl_drain"] / max(r["through"]["ok_per_s"], 1e-9)))
+print("cache-hit GET / database GET:        %.2fx" % (r["cached"]["ok_per_s"] / max(r["database"]["ok_per_s"], 1e-9)))
+xadd = float(re.search(r"([\d.]+) requests per second", open(out + "/xadd.txt").read()).group(1))
+insert = float(re.search(r"^tps = ([\d.]+)", open(out + "/insert.txt").read(), re.M).group(1))
+r["storage"] = {"xadd_per_s": xadd, "insert_tx_per_s": insert}
+print("storage alone: XADD %.0f/s, one INSERT per transaction %.0f/s: %.2fx" % (xadd, insert, xadd / max(insert, 1e-9)))
+json.dump(r, open(out + "/results.json", "w"), indent=2)
+print("results: %s/results.json" % out)
+PY

@@ -1,0 +1,133 @@
+//! `POST /api/books/{id}/ratings` (written behind, see crate::ratings) and `GET /api/books/top`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use platform::ApiError;
+use platform::auth::{AuthUser, MaybeAuthUser};
+use platform::extract::{Json, Path, Query};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::books::{find_book, json_body, not_found, to_json};
+use crate::domain::book::book_columns;
+use crate::domain::{Book, BookRow, NewRating, RatingBody};
+
+/// Longest leaderboard one request may ask for.
+const MAX_TOP: i64 = 100;
+const DEFAULT_TOP: i64 = 10;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/books/top", get(top_books))
+        .route("/api/books/{id}/ratings", post(rate_book))
+}
+
+/// 202 once the rating is in the stream; persisted shortly after by a persister. A customer's new
+/// rating of the same book replaces the old one. The book must exist (asked of the cache first, so
+/// ratings of a book in the cache are accepted even while the database is down).
+async fn rate_book(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<RatingBody>,
+) -> Result<Response, ApiError> {
+    let customer = user.customer_id().ok_or_else(|| {
+        ApiError::Forbidden(
+            "ratings are given by customers; the admin has no rating to give".into(),
+        )
+    })?;
+    let rating = NewRating::parse(&body).map_err(|errors| {
+        ApiError::check(errors)
+            .err()
+            .unwrap_or_else(|| ApiError::invalid("body", "is not a valid rating"))
+    })?;
+    find_book(&state, id).await?.ok_or_else(|| not_found(id))?;
+    if state.ratings_write_through {
+        let rating_id =
+            crate::ratings::write_through(&state.pool, &state.cache, customer, id, &rating).await?;
+        return Ok((StatusCode::CREATED, Json(json!({ "rating_id": rating_id }))).into_response());
+    }
+    let stream = state
+        .ratings
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable {
+            detail: "ratings are not being accepted: no ratings stream is configured".into(),
+            retry_after: 60,
+        })?;
+    let rating_id = stream.append(customer, id, &rating).await?;
+    tracing::info!(%rating_id, book_id = %id, "rating accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "rating_id": rating_id })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TopParams {
+    limit: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TopItem {
+    book: Book,
+    average: Option<f64>,
+    count: i64,
+}
+
+/// The best-rated live books: highest average first, more ratings breaking ties. Cached like a list
+/// page (retired by every write, ratings included).
+async fn top_books(
+    _: MaybeAuthUser,
+    State(state): State<AppState>,
+    Query(params): Query<TopParams>,
+) -> Result<Response, ApiError> {
+    let limit = match params.limit.as_deref().map(str::trim) {
+        None | Some("") => DEFAULT_TOP,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_TOP).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be a whole number from 1 to {MAX_TOP}, got {text:?}"
+                ))
+            })?,
+    };
+    let pool = state.pool().clone();
+    let body = state
+        .cache()
+        .list_page(&format!("top:{limit}"), move || {
+            Box::pin(async move {
+                let rows = sqlx::query_as::<_, BookRow>(concat!(
+                    "SELECT ",
+                    book_columns!(),
+                    " FROM books WHERE deleted_at IS NULL AND rating_count > 0
+                      ORDER BY rating_sum::float8 / rating_count DESC, rating_count DESC, id
+                      LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&pool)
+                .await?;
+                let items: Vec<TopItem> = rows
+                    .into_iter()
+                    .map(|row| {
+                        let book = Book::from(row);
+                        TopItem {
+                            average: book.rating.average,
+                            count: book.rating.count,
+                            book,
+                        }
+                    })
+                    .collect();
+                to_json(&json!({ "items": items }))
+            })
+        })
+        .await?;
+    Ok(json_body(StatusCode::OK, None, &body))
+}

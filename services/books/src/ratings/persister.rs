@@ -1,0 +1,321 @@
+//! The persister: one consumer of the ratings stream's group per books instance, moving accepted
+//! ratings into PostgreSQL in batches.
+//!
+//! Each round takes, in this order: its own pending entries (delivered to it before but not
+//! acknowledged — a batch whose transaction failed), then entries another consumer has held
+//! unacknowledged for `claim_idle_ms` (`XAUTOCLAIM`: that instance is presumed dead), then new
+//! entries (`XREADGROUP … >`, blocking up to `block_ms`). A batch is upserted in one transaction;
+//! only after its commit are the entries acknowledged (`XACK`) and deleted from the stream (`XDEL`),
+//! and the books' cache entries invalidated. A crash anywhere before the `XACK` leaves the entries
+//! pending, so they are persisted again — harmlessly, because the upsert is idempotent: a row is
+//! overwritten only by an entry with a larger stream id, and the books' totals are recomputed from
+//! the rows, not incremented.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{RatingsSettings, StreamRating, parse_entry_id};
+use crate::cache::BookCache;
+
+/// One consumer of the group.
+pub struct Persister {
+    settings: RatingsSettings,
+    client: redis::Client,
+    consumer: String,
+    pool: PgPool,
+    cache: BookCache,
+}
+
+impl Persister {
+    /// `consumer` names this instance in the group; it must be unique among live instances.
+    pub fn new(
+        settings: RatingsSettings,
+        node: &str,
+        consumer: String,
+        pool: PgPool,
+        cache: BookCache,
+    ) -> anyhow::Result<Persister> {
+        Ok(Persister {
+            client: redis::Client::open(format!("redis://{node}/{}", settings.stream_database))?,
+            settings,
+            consumer,
+            pool,
+            cache,
+        })
+    }
+
+    /// Runs until `stop`; every failure is logged and retried after the backoff.
+    pub async fn run(self, stop: CancellationToken) {
+        let backoff = Duration::from_millis(self.settings.retry_backoff_ms.max(10));
+        let mut conn: Option<MultiplexedConnection> = None;
+        tracing::info!(consumer = %self.consumer, "ratings persister started");
+        while !stop.is_cancelled() {
+            let round = async {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => conn.insert(self.connect().await?),
+                };
+                self.round(c).await
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                result = round => result,
+            };
+            if let Err(e) = result {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "ratings persister round failed; retrying"
+                );
+                metrics::counter!("bookstore_ratings_persist_failures_total").increment(1);
+                if e.downcast_ref::<redis::RedisError>().is_some() {
+                    conn = None;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
+        // No response timeout: XREADGROUP blocks on purpose; each call is bounded below instead.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let created: redis::RedisResult<String> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.settings.stream_key)
+            .arg(&self.settings.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(conn)
+    }
+
+    /// One batch: read, persist, acknowledge. Ok(0) when there was nothing to do.
+    async fn round(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<usize> {
+        let entries = self.next_batch(conn).await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let mut ratings = Vec::new();
+        for entry in &entries {
+            match (StreamRating::from_entry(entry), parse_entry_id(&entry.id)) {
+                (Some(rating), Some(order)) => ratings.push((order, rating)),
+                // Nothing we wrote: keeping it pending would block nothing but would be retried
+                // forever; drop it loudly.
+                _ => tracing::error!(id = %entry.id, "unreadable ratings entry dropped"),
+            }
+        }
+        let timeout = Duration::from_millis(self.settings.db_timeout_ms.max(1));
+        let books = tokio::time::timeout(timeout, persist(&self.pool, ratings))
+            .await
+            .context("the ratings batch timed out")??;
+        // Only now that the rows are committed.
+        let key = &self.settings.stream_key;
+        let acked: i64 = redis::cmd("XACK")
+            .arg(key)
+            .arg(&self.settings.group)
+            .arg(&ids)
+            .query_async(conn)
+            .await?;
+        let _: i64 = redis::cmd("XDEL")
+            .arg(key)
+            .arg(&ids)
+            .query_async(conn)
+            .await?;
+        metrics::counter!("bookstore_ratings_persisted_total").increment(acked.max(0) as u64);
+        tracing::debug!(entries = ids.len(), acked, "ratings batch persisted");
+        self.cache.books_changed(&books).await;
+        Ok(ids.len())
+    }
+
+    async fn next_batch(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<Vec<StreamId>> {
+        let s = &self.settings;
+        let count = s.batch_size.max(1);
+        let quick = Duration::from_secs(5);
+        // Ours from before (a failed batch), oldest first.
+        let own: StreamReadReply = tokio::time::timeout(
+            quick,
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&s.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(&s.stream_key)
+                .arg("0")
+                .query_async(conn),
+        )
+        .await
+        .context("XREADGROUP (own pending) timed out")??;
+        let own = entries_of(own);
+        if !own.is_empty() {
+            return Ok(own);
+        }
+        // A dead consumer's.
+        let claimed: StreamAutoClaimReply = tokio::time::timeout(
+            quick,
+            redis::cmd("XAUTOCLAIM")
+                .arg(&s.stream_key)
+                .arg(&s.group)
+                .arg(&self.consumer)
+                .arg(s.claim_idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(conn),
+        )
+        .await
+        .context("XAUTOCLAIM timed out")??;
+        let claimed: Vec<StreamId> = claimed
+            .claimed
+            .into_iter()
+            .filter(|e| !e.map.is_empty())
+            .collect();
+        if !claimed.is_empty() {
+            tracing::info!(entries = claimed.len(), consumer = %self.consumer, "claimed ratings another persister left unacknowledged");
+            metrics::counter!("bookstore_ratings_claimed_total").increment(claimed.len() as u64);
+            return Ok(claimed);
+        }
+        // New ones.
+        let fresh: Option<StreamReadReply> = tokio::time::timeout(
+            Duration::from_millis(s.block_ms) + quick,
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&s.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(s.block_ms)
+                .arg("STREAMS")
+                .arg(&s.stream_key)
+                .arg(">")
+                .query_async(conn),
+        )
+        .await
+        .context("XREADGROUP (new) timed out")??;
+        Ok(fresh.map(entries_of).unwrap_or_default())
+    }
+}
+
+/// Entries with their fields (an entry deleted while pending comes back without any: skipped here,
+/// and it is already gone from the stream).
+fn entries_of(reply: StreamReadReply) -> Vec<StreamId> {
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .filter(|e| !e.map.is_empty())
+        .collect()
+}
+
+/// Upserts the batch and recomputes the totals of the books it touched, in one transaction;
+/// returns those books.
+pub async fn persist(
+    pool: &PgPool,
+    ratings: Vec<((i64, i64), StreamRating)>,
+) -> anyhow::Result<Vec<Uuid>> {
+    // One row per customer and book (a statement may not upsert one row twice): the latest entry.
+    let mut latest: HashMap<(Uuid, Uuid), ((i64, i64), StreamRating)> = HashMap::new();
+    for (order, rating) in ratings {
+        let key = (rating.customer_id, rating.book_id);
+        if latest.get(&key).is_none_or(|(seen, _)| *seen < order) {
+            latest.insert(key, (order, rating));
+        }
+    }
+    if latest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cols = Columns::default();
+    for ((ms, seq), r) in latest.into_values() {
+        cols.customer.push(r.customer_id);
+        cols.book.push(r.book_id);
+        cols.rating.push(r.rating_id);
+        cols.stars.push(r.stars);
+        cols.text.push(r.text);
+        cols.ms.push(ms);
+        cols.seq.push(seq);
+        cols.at.push(r.at_ms);
+    }
+    let mut books = cols.book.clone();
+    books.sort();
+    books.dedup();
+    let mut tx = pool.begin().await?;
+    // Ratings are eventual data: no need to wait for a synchronous standby.
+    sqlx::query("SET LOCAL synchronous_commit = local")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ratings (customer_id, book_id, rating_id, stars, text, stream_ms, stream_seq, rated_at)
+         SELECT c, b, r, s, t, ms, seq, to_timestamp(at / 1000.0)
+           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],
+                       $6::bigint[], $7::bigint[], $8::bigint[]) AS v(c, b, r, s, t, ms, seq, at)
+         ON CONFLICT (customer_id, book_id) DO UPDATE
+            SET rating_id = EXCLUDED.rating_id, stars = EXCLUDED.stars, text = EXCLUDED.text,
+                stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq,
+                rated_at = EXCLUDED.rated_at, persisted_at = now()
+          WHERE (ratings.stream_ms, ratings.stream_seq) < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)",
+    )
+    .bind(&cols.customer)
+    .bind(&cols.book)
+    .bind(&cols.rating)
+    .bind(&cols.stars)
+    .bind(&cols.text)
+    .bind(&cols.ms)
+    .bind(&cols.seq)
+    .bind(&cols.at)
+    .execute(&mut *tx)
+    .await
+    .context("Failed to upsert ratings")?;
+    // Recomputed, never incremented: replaying a batch cannot count anything twice. Locked in id
+    // order, like checkout, so the two never deadlock. `version` is not bumped: a rating is not an
+    // edit of the book, and must not make an admin's If-Match fail.
+    sqlx::query(
+        "UPDATE books SET rating_count = t.count, rating_sum = t.sum
+           FROM (SELECT id, (SELECT count(*) FROM ratings WHERE book_id = id) AS count,
+                        (SELECT coalesce(sum(stars), 0) FROM ratings WHERE book_id = id) AS sum
+                   FROM (SELECT id FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE) locked) t
+          WHERE books.id = t.id",
+    )
+    .bind(&books)
+    .execute(&mut *tx)
+    .await
+    .context("Failed to update the books' rating totals")?;
+    tx.commit().await?;
+    Ok(books)
+}
+
+#[derive(Default)]
+struct Columns {
+    customer: Vec<Uuid>,
+    book: Vec<Uuid>,
+    rating: Vec<Uuid>,
+    stars: Vec<i16>,
+    text: Vec<Option<String>>,
+    ms: Vec<i64>,
+    seq: Vec<i64>,
+    at: Vec<i64>,
+}

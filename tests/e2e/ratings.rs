@@ -1,0 +1,277 @@
+//! Ratings written behind, on the real platform: accepted through the gateway while the books
+//! database is out of reach, then persisted exactly once — after a books instance holding
+//! unacknowledged entries was SIGKILLed, and after the Redis node holding the stream was SIGKILLed.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use testkit::{TestPlatform, TestRedis};
+
+use crate::{all_books, bookstore, client, metric, new_customer, superuser_url};
+
+const STREAM: &str = "books:ratings";
+
+/// A platform whose persisters claim a silent consumer's entries after 1.5 s.
+async fn start() -> anyhow::Result<TestPlatform> {
+    TestPlatform::start_with(
+        bookstore(),
+        &[
+            ("BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED", "false"),
+            ("BOOKSTORE_BOOKS__RATINGS__CLAIM_IDLE_MS", "1500"),
+            ("BOOKSTORE_BOOKS__RATINGS__RETRY_BACKOFF_MS", "200"),
+            ("BOOKSTORE_BOOKS__DB__ACQUIRE_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await
+}
+
+/// The books service loses its database: its role may not log in and its sessions are cut.
+async fn lock_out_books(db: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("ALTER ROLE books NOLOGIN").execute(db).await?;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'books'")
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+async fn let_books_in(db: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("ALTER ROLE books LOGIN").execute(db).await?;
+    Ok(())
+}
+
+/// The stream node (the first Redis node), database 1.
+async fn stream_conn(platform: &TestPlatform) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let node = platform
+        .processes("redis")
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no redis node"))?;
+    let addr = node.url.trim_start_matches("redis://");
+    Ok(redis::Client::open(format!("redis://{addr}/1"))?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// Unacknowledged entries by consumer.
+async fn pending_by_consumer(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(STREAM)
+        .arg("persisters")
+        .query_async(conn)
+        .await?;
+    let mut out = Vec::new();
+    if let redis::Value::Array(items) = summary
+        && let Some(redis::Value::Array(consumers)) = items.get(3)
+    {
+        for consumer in consumers {
+            if let redis::Value::Array(pair) = consumer
+                && let [name, count] = pair.as_slice()
+            {
+                let name: String = redis::from_redis_value(name.clone())?;
+                let count: String = redis::from_redis_value(count.clone())?;
+                out.push((name, count.parse()?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Posts `per_customer` ratings (one per book) for each customer; every rating id accepted.
+async fn rate_all(
+    client: &reqwest::Client,
+    gateway: &str,
+    tokens: &[String],
+    books: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut accepted = Vec::new();
+    for token in tokens {
+        for (i, book) in books.iter().enumerate() {
+            let response = client
+                .post(format!("{gateway}/api/books/{book}/ratings"))
+                .bearer_auth(token)
+                .json(&json!({"stars": 1 + i % 5, "text": "e2e"}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().as_u16() == 202,
+                "rating refused: {} {}",
+                response.status(),
+                response.text().await?
+            );
+            let body: Value = response.json().await?;
+            accepted.push(body["rating_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    Ok(accepted)
+}
+
+/// Waits until the ratings table holds exactly `accepted` (by rating id, each once).
+async fn wait_for_ratings(
+    db: &PgPool,
+    accepted: &[String],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let mut want = accepted.to_vec();
+    want.sort();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut got: Vec<String> =
+            sqlx::query_scalar("SELECT rating_id::text FROM ratings ORDER BY rating_id")
+                .fetch_all(db)
+                .await?;
+        got.sort();
+        if got == want {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} accepted ratings persisted (want each exactly once)",
+            got.len(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Customers, and the first `n` books cached on both books instances (so their existence is known
+/// without the database).
+async fn setup(
+    platform: &TestPlatform,
+    customers: usize,
+    n: usize,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let client = client();
+    let gateway = platform.gateway_url();
+    let mut tokens = Vec::new();
+    for c in 0..customers {
+        let email = format!("rater{c}-{}@example.com", std::process::id());
+        tokens.push(
+            new_customer(&client, gateway, &email, "s3cret-passw0rd")
+                .await?
+                .1,
+        );
+    }
+    let books: Vec<String> = all_books(&client, gateway)
+        .await?
+        .iter()
+        .take(n)
+        .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for instance in platform.processes("books") {
+        for book in &books {
+            client
+                .get(format!("{}/api/books/{book}", instance.url))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
+    Ok((tokens, books))
+}
+
+#[tokio::test]
+async fn a_books_instance_killed_with_unacknowledged_ratings_while_postgres_was_away_loses_none()
+-> anyhow::Result<()> {
+    let platform = start().await?;
+    let client = client();
+    let gateway = platform.gateway_url().to_owned();
+    let db = PgPool::connect(&superuser_url(&platform, "books")?).await?;
+    let (tokens, books) = setup(&platform, 10, 4).await?;
+    let mut stream = stream_conn(&platform).await?;
+
+    lock_out_books(&db).await?;
+    let accepted = rate_all(&client, &gateway, &tokens, &books).await?;
+    // Both persisters read entries and cannot commit them: they hold them unacknowledged (and
+    // read nothing new while they do; the rest waits undelivered in the stream).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let held = loop {
+        let held = pending_by_consumer(&mut stream).await?;
+        if held.len() == 2 {
+            break held;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "entries not delivered to both persisters: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Kill one instance outright; its entries are nobody's now.
+    let victim = platform.processes("books")[0].clone();
+    let survivor = platform.processes("books")[1].clone();
+    kill(Pid::from_raw(victim.pid as i32), Signal::SIGKILL)?;
+    let_books_in(&db).await?;
+
+    wait_for_ratings(&db, &accepted, Duration::from_secs(15)).await?;
+    let claimed = metric(&survivor.url, "bookstore_ratings_claimed_total", &[]).await?;
+    let victim_held = held.iter().map(|(_, n)| *n).min().unwrap_or_default();
+    assert!(
+        claimed >= victim_held as f64,
+        "the survivor claimed {claimed} entries; the dead one held at least {victim_held}"
+    );
+    let left = pending_by_consumer(&mut stream).await?;
+    assert!(
+        left.iter().all(|(_, n)| *n == 0),
+        "unacknowledged entries left: {left:?}"
+    );
+    // The totals are the rows' (replays and claims counted nothing twice).
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM books b WHERE rating_count <> (SELECT count(*) FROM ratings WHERE book_id = b.id)
+            OR rating_sum <> (SELECT coalesce(sum(stars), 0) FROM ratings WHERE book_id = b.id)",
+    )
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(mismatched, 0);
+    // And clients see them: on the book and on the leaderboard.
+    let book: Value = client
+        .get(format!("{gateway}/api/books/{}", books[0]))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(book["rating"]["count"], json!(tokens.len()));
+    let top: Value = client
+        .get(format!("{gateway}/api/books/top?limit=100"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        top["items"]
+            .as_array()
+            .is_some_and(|i| i.len() >= books.len()),
+        "{top}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ratings_acknowledged_before_the_stream_node_is_sigkilled_survive_its_restart()
+-> anyhow::Result<()> {
+    let platform = start().await?;
+    let client = client();
+    let gateway = platform.gateway_url().to_owned();
+    let db = PgPool::connect(&superuser_url(&platform, "books")?).await?;
+    let (tokens, books) = setup(&platform, 8, 3).await?;
+    let node = platform
+        .processes("redis")
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no redis node"))?;
+    let port: u16 = node.url.rsplit(':').next().unwrap_or_default().parse()?;
+
+    // Nothing can be persisted: every accepted rating exists only in the stream (appendfsync
+    // everysec — written to the AOF before the 202, not necessarily fsynced).
+    lock_out_books(&db).await?;
+    let accepted = rate_all(&client, &gateway, &tokens, &books).await?;
+    kill(Pid::from_raw(node.pid as i32), Signal::SIGKILL)?;
+    let _back = TestRedis::start_in(&platform.dir().join("redis/1"), port).await?;
+    let_books_in(&db).await?;
+    wait_for_ratings(&db, &accepted, Duration::from_secs(15)).await?;
+    Ok(())
+}
