@@ -4,8 +4,8 @@
     cpu_split.py snapshot FILE            # write the CPU ticks of every process, by component
     cpu_split.py diff BEFORE AFTER COUNT  # CPU seconds per component, and milliseconds per unit of COUNT
 
-A component is `postgres` (the server and every backend), `wrk`, or a bookstore process's role
-(its first argument: gateway, books, orders, coordinator, registry, up). Processes that exited
+A component is `postgres` (the server and every backend), `redis`, `wrk`, or a bookstore process's
+role (its first argument: gateway, books, orders, coordinator, registry, up). Processes that exited
 between the snapshots are missed; everything measured here is long-lived.
 """
 import json
@@ -27,6 +27,8 @@ def component(pid):
         return "postgres"
     if comm == "wrk":
         return "wrk"
+    if comm.startswith("redis-server"):
+        return "redis"
     if argv and os.path.basename(argv[0]).startswith("bookstore") and len(argv) > 1:
         return argv[1]
     return None

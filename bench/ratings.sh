@@ -12,7 +12,8 @@
 #   bench/ratings.sh
 #
 # Knobs (environment): CLIENTS=32 (wrk connections), DURATION=15 (seconds), WARMUP=3, CUSTOMERS=64,
-# BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>.
+# BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>. Each measured
+# run also prints the CPU time of every component per successful request (bench/cpu_split.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,8 +83,15 @@ load() {
   local name=$1 what=$2 dir=$3
   say "$name: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
   wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" >/dev/null
+  python3 bench/cpu_split.py snapshot "$work/cpu-before.json"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/ratings.lua "$gateway" -- \
     "$dir/tokens.txt" "$dir/books.txt" "$what" | tee "$out/wrk-$name.txt"
+  python3 bench/cpu_split.py snapshot "$work/cpu-after.json"
+  local ok
+  ok=$(sed -n 's/.*\(20[012]\)=\([0-9]*\).*/\2/p' "$out/wrk-$name.txt")
+  say "$name: CPU per component during the run (ms/unit: per successful request)"
+  python3 bench/cpu_split.py diff "$work/cpu-before.json" "$work/cpu-after.json" "${ok:-0}" \
+    "$out/cpu-$name.json" | tee "$out/cpu-$name.txt"
 }
 
 # The stream node: where the books instances were told the ratings stream is (redis-1).

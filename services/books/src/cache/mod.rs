@@ -78,6 +78,10 @@ type BookFlight = Result<Option<CachedBook>, SharedDbError>;
 type PageFlight = Result<Arc<[u8]>, SharedDbError>;
 
 const BOOK_PREFIX: &str = "books:v1:book:";
+/// Whether a book is live (`1`/`0`): what a rating needs to know, kept apart from the book's entry,
+/// which every persisted ratings batch invalidates (its average changes) — so a burst of ratings
+/// is checked against Redis alone, not the database.
+const LIVE_PREFIX: &str = "books:v1:live:";
 const LIST_TOKEN_KEY: &str = "books:v1:list:token";
 const NOT_FOUND: &[u8] = b"-";
 /// The list token outlives any page; when it expires (or its node is flushed) a new one starts an
@@ -189,6 +193,55 @@ impl BookCache {
             })
             .await;
         result.map_err(shared_to_api)
+    }
+
+    /// Whether book `id` is live: from the cache, else from `load` (filled when safe; "no" only
+    /// briefly). Only deleting a book changes the answer ([`BookCache::book_deleted`]); ids are
+    /// never reused.
+    pub async fn book_is_live<F>(&self, id: Uuid, load: F) -> Result<bool, ApiError>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<bool, sqlx::Error>> + Send,
+    {
+        let key = format!("{LIVE_PREFIX}{id}");
+        let looked_at = Instant::now();
+        let lookup = self.cache.get(&key).await;
+        match &lookup {
+            Lookup::Hit(bytes) if bytes.as_slice() == b"1" => return Ok(true),
+            Lookup::Hit(bytes) if bytes.as_slice() == b"0" => return Ok(false),
+            _ => {}
+        }
+        // A cached book (or "no such book") answers too, e.g. while the database is away.
+        let live = match self.cache.get(&book_key(id)).await {
+            Lookup::Hit(bytes) => match decode_book(&bytes) {
+                Some(found) => found.is_some(),
+                None => load().await.map_err(ApiError::from)?,
+            },
+            _ => load().await.map_err(ApiError::from)?,
+        };
+        if matches!(lookup, Lookup::Miss) && self.fill_is_safe(looked_at) {
+            let (value, ttl) = if live {
+                (b"1", self.jittered(self.book_ttl()))
+            } else {
+                (b"0", Duration::from_millis(self.settings.not_found_ttl_ms))
+            };
+            self.cache.fill(&key, value, ttl).await;
+        }
+        Ok(live)
+    }
+
+    /// Call after deleting book `id` **has committed**: its entries (the book and whether it is
+    /// live) become tombstones and every list page retires.
+    pub async fn book_deleted(&self, id: Uuid) {
+        if !self.cache.is_enabled() {
+            return;
+        }
+        let hold = Duration::from_millis(self.settings.tombstone_ms);
+        let live = format!("{LIVE_PREFIX}{id}");
+        futures::future::join(
+            self.cache.invalidate(&live, hold),
+            self.books_changed(&[id]),
+        )
+        .await;
     }
 
     /// Call after a write to these books **has committed**: their entries become tombstones and

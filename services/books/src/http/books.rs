@@ -142,6 +142,25 @@ async fn get_book(
     Ok(json_body(StatusCode::OK, Some(found.version), &found.json))
 }
 
+/// Whether book `id` is live, through the cache: all a rating needs to know (see
+/// [`BookCache::book_is_live`]).
+pub(super) async fn book_is_live(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
+    let pool = state.pool.clone();
+    state
+        .cache
+        .book_is_live(id, move || {
+            Box::pin(async move {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM books WHERE id = $1 AND deleted_at IS NULL)",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+            })
+        })
+        .await
+}
+
 /// A live book through the cache (see [`get_book`]); `None` when there is no such book.
 pub(super) async fn find_book(state: &AppState, id: Uuid) -> Result<Option<CachedBook>, ApiError> {
     let pool = state.pool.clone();
@@ -250,7 +269,7 @@ async fn delete_book(
     .await?;
     match (deleted, expected) {
         (Some(_), _) => {
-            state.cache.books_changed(&[id]).await;
+            state.cache.book_deleted(id).await;
             Ok(StatusCode::NO_CONTENT)
         }
         (None, Some(expected)) => Err(why_unchanged(&state.pool, id, expected).await),

@@ -13,7 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::books::{find_book, json_body, not_found, to_json};
+use super::books::{book_is_live, json_body, not_found, to_json};
 use crate::domain::book::book_columns;
 use crate::domain::{Book, BookRow, NewRating, RatingBody};
 
@@ -28,8 +28,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// 202 once the rating is in the stream; persisted shortly after by a persister. A customer's new
-/// rating of the same book replaces the old one. The book must exist (asked of the cache first, so
-/// ratings of a book in the cache are accepted even while the database is down).
+/// rating of the same book replaces the old one. The book must be live — asked of the cache first
+/// (a key of its own that ratings never invalidate), so a burst of ratings costs the database
+/// nothing, and ratings of a known book are accepted even while the database is down.
 async fn rate_book(
     user: AuthUser,
     State(state): State<AppState>,
@@ -46,7 +47,9 @@ async fn rate_book(
             .err()
             .unwrap_or_else(|| ApiError::invalid("body", "is not a valid rating"))
     })?;
-    find_book(&state, id).await?.ok_or_else(|| not_found(id))?;
+    if !book_is_live(&state, id).await? {
+        return Err(not_found(id));
+    }
     if state.ratings_write_through {
         let rating_id =
             crate::ratings::write_through(&state.pool, &state.cache, customer, id, &rating).await?;

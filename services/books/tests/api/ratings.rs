@@ -445,3 +445,56 @@ async fn written_through_a_rating_is_in_the_database_when_the_answer_arrives() {
     let book: Value = app.get_book(&book_id).await.json().await.expect("book");
     assert_eq!(book["rating"], json!({"average": 5.0, "count": 1}));
 }
+
+/// Every persisted batch invalidates its books' entries (their averages change), but not whether
+/// they are live: a rating after a batch is still checked against the cache alone — shown here by
+/// the database being gone by then.
+#[tokio::test]
+async fn ratings_after_a_persisted_batch_are_still_checked_against_the_cache_alone() {
+    let redis = TestRedis::start().await.expect("redis");
+    let app = app_with_redis(&redis, 15_000).await;
+    let db = superuser(&app).await;
+    let book_id = id_of(&app.create_book(&book(1)).await);
+    let (_, ann) = customer();
+    assert_eq!(
+        rate(&app, &book_id, &ann, json!({"stars": 3}))
+            .await
+            .status(),
+        202
+    );
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM ratings",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The batch tombstoned the book's entry; a GET now would have to read the database.
+    sqlx::query("ALTER ROLE books NOLOGIN")
+        .execute(&db)
+        .await
+        .expect("nologin");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'books'")
+        .execute(&db)
+        .await
+        .expect("terminate");
+    let (_, bob) = customer();
+    assert_eq!(
+        rate(&app, &book_id, &bob, json!({"stars": 4}))
+            .await
+            .status(),
+        202,
+        "the rating needed the database"
+    );
+    sqlx::query("ALTER ROLE books LOGIN")
+        .execute(&db)
+        .await
+        .expect("login");
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM ratings",
+        2,
+        Duration::from_secs(15),
+    )
+    .await;
+}
