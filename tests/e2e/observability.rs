@@ -784,3 +784,116 @@ async fn observability_every_metric_the_dashboards_and_alerts_use_is_exported_by
     );
     Ok(())
 }
+
+/// Real Prometheus (the machine's package) finds every books, orders and coordinator instance
+/// through the registry — with `http_sd_configs` on the registry's `/v1/prometheus/targets`, since
+/// Debian builds Prometheus without Consul discovery — and scrapes every one of them, and the
+/// gateway and the registry, successfully.
+#[tokio::test]
+async fn observability_real_prometheus_finds_every_instance_through_the_registry_and_scrapes_it()
+-> anyhow::Result<()> {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "prometheus is not installed, and CI is set: install it (scripts/setup.sh --test)"
+        );
+        eprintln!("SKIPPED: prometheus is not installed (apt-get install prometheus)");
+        return Ok(());
+    }
+    let platform = TestPlatform::start_with(bookstore(), &[("BOOKSTORE_NO_DEMO", "true")]).await?;
+    let host_port = |url: &str| url.trim_start_matches("http://").to_owned();
+    let registry = platform.registry_url().to_owned();
+    let rendered = std::fs::read_to_string(prometheus_dir().join("prometheus-http-sd.yml"))?
+        .replace("${REGISTRY_ADDRESS}", &host_port(&registry))
+        .replace("${GATEWAY_ADDRESS}", &host_port(platform.gateway_url()))
+        .replace("${RULES_FILE}", "alerts.yml")
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("refresh_interval: 15s", "refresh_interval: 1s");
+    anyhow::ensure!(!rendered.contains("${"), "a placeholder is left");
+    let scratch = tempfile::tempdir()?;
+    std::fs::copy(
+        prometheus_dir().join("alerts.yml"),
+        scratch.path().join("alerts.yml"),
+    )?;
+    std::fs::write(scratch.path().join("prometheus.yml"), rendered)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut prometheus = tokio::process::Command::new("prometheus")
+        .arg("--config.file=prometheus.yml")
+        .arg("--storage.tsdb.path=data")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .current_dir(scratch.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(
+            scratch.path().join("prometheus.log"),
+        )?)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    // What the registry holds is what Prometheus must find.
+    let client = client();
+    let mut expected = BTreeSet::new();
+    for service in ["books", "orders", "coordinator"] {
+        let entries: Value = client
+            .get(format!("{registry}/v1/catalog/service/{service}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        for entry in entries.as_array().into_iter().flatten() {
+            let id = entry["ServiceID"].as_str().unwrap_or_default();
+            expected.insert((service.to_owned(), id.to_owned()));
+        }
+    }
+    anyhow::ensure!(expected.len() == 6, "registered: {expected:?}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        if let Ok(answer) = client
+            .get(format!(
+                "http://127.0.0.1:{port}/api/v1/targets?state=active"
+            ))
+            .send()
+            .await
+            && let Ok(body) = answer.json::<Value>().await
+        {
+            let targets = body["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let up = |t: &Value| t["health"] == "up";
+            let found: BTreeSet<(String, String)> = targets
+                .iter()
+                .filter(|t| t["scrapePool"] == "services" && up(t))
+                .map(|t| {
+                    let label = |n: &str| t["labels"][n].as_str().unwrap_or_default().to_owned();
+                    (label("job"), label("instance"))
+                })
+                .collect();
+            let others_up = ["gateway", "discovery"]
+                .iter()
+                .all(|pool| targets.iter().any(|t| t["scrapePool"] == *pool && up(t)));
+            if found == expected && others_up {
+                break;
+            }
+            last = format!("found {found:?}, gateway and registry up: {others_up}");
+        }
+        if let Ok(Some(status)) = prometheus.try_wait() {
+            let log = std::fs::read_to_string(scratch.path().join("prometheus.log"))?;
+            anyhow::bail!("prometheus exited ({status}):\n{log}");
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "Prometheus did not find and scrape every instance within 30 s: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    prometheus.kill().await?;
+    Ok(())
+}

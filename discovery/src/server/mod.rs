@@ -1,5 +1,7 @@
 //! The registry server: the subset of Consul's HTTP API our services, the gateway, `rs-consul` and
-//! Prometheus' `consul_sd_configs` use, so real Consul can replace it in production.
+//! Prometheus' `consul_sd_configs` use, so real Consul can replace it in production — plus one
+//! extension, Prometheus' HTTP SD format (`/v1/prometheus/targets`), for Prometheus builds without
+//! Consul discovery.
 //!
 //! State is soft and in memory: after a restart the client agents notice (their TTL pass answers 404)
 //! and register again.
@@ -15,6 +17,7 @@ mod agent_api;
 mod blocking;
 mod checks;
 mod probe;
+mod prometheus_sd;
 mod query_api;
 mod registration;
 mod registry;
@@ -87,5 +90,6 @@ pub async fn serve(
 pub fn router(registry: Registry) -> Router {
     agent_api::routes()
         .merge(query_api::routes())
+        .merge(prometheus_sd::routes())
         .with_state(registry)
 }

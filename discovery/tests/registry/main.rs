@@ -8,3 +8,4 @@ mod client_watch;
 mod compat;
 mod helpers;
 mod http_checks;
+mod prometheus_sd;
