@@ -242,6 +242,13 @@ async fn resubmit(
     let Some(placement) = placement_of(row) else {
         return Ok(row.clone());
     };
+    // Marked first: the request that started it may be about to forget it (its own submission was
+    // not sent); whichever comes first wins, so the record and the transaction never part.
+    if !ledger::mark_submitting(&state.pool, row.id).await? {
+        return Err(unavailable(
+            "this checkout was withdrawn because the coordinator was unreachable; try again",
+        ));
+    }
     // wait_ms 0: this is a read; the coordinator answers at once and drives it in the background.
     let body = submission(row, &checkout.config, &placement, 0);
     let call_timeout = checkout.config.call_timeout();

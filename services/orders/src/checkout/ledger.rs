@@ -159,8 +159,22 @@ pub async fn update(
     .await
 }
 
+/// Marks a checkout as handed to the coordinator (`pending`) before a resubmission sends it, so a
+/// concurrent [`forget`] by the first request (whose own submission was certainly not sent) can no
+/// longer delete the record of a transaction that is about to run — that would free the key for a
+/// second purchase. False when the record is gone (forgotten first): do not submit.
+pub async fn mark_submitting(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let marked = sqlx::query(
+        "UPDATE checkouts SET status = 'pending' WHERE id = $1 AND status IN ('started', 'pending')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(marked.rows_affected() == 1)
+}
+
 /// Forgets a checkout that certainly never reached the coordinator, so the same key can be used
-/// again once the platform is back.
+/// again once the platform is back — unless a resubmission has marked it `pending` meanwhile.
 pub async fn forget(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM checkouts WHERE id = $1 AND status = 'started'")
         .bind(id)

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod checkout_ledger;
 mod credit;
 mod customers;
 mod database;
