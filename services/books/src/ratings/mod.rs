@@ -94,6 +94,18 @@ pub struct StreamRating {
 }
 
 impl StreamRating {
+    /// A rating accepted now, with a fresh id.
+    fn accepted_now(customer_id: Uuid, book_id: Uuid, rating: &NewRating) -> StreamRating {
+        StreamRating {
+            rating_id: Uuid::now_v7(),
+            customer_id,
+            book_id,
+            stars: rating.stars(),
+            text: rating.text().map(str::to_owned),
+            at_ms: now_ms(),
+        }
+    }
+
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
             ("rating_id", self.rating_id.to_string()),
@@ -156,14 +168,7 @@ impl RatingStream {
         book_id: Uuid,
         rating: &NewRating,
     ) -> Result<Uuid, ApiError> {
-        let entry = StreamRating {
-            rating_id: Uuid::now_v7(),
-            customer_id,
-            book_id,
-            stars: rating.stars(),
-            text: rating.text().map(str::to_owned),
-            at_ms: now_ms(),
-        };
+        let entry = StreamRating::accepted_now(customer_id, book_id, rating);
         match tokio::time::timeout(self.timeout, self.xadd(&entry)).await {
             Ok(Ok(_)) => {
                 metrics::counter!("bookstore_ratings_accepted_total").increment(1);
@@ -220,16 +225,8 @@ pub async fn write_through(
     book_id: Uuid,
     rating: &NewRating,
 ) -> Result<Uuid, ApiError> {
-    let at_ms = now_ms();
-    let entry = StreamRating {
-        rating_id: Uuid::now_v7(),
-        customer_id,
-        book_id,
-        stars: rating.stars(),
-        text: rating.text().map(str::to_owned),
-        at_ms,
-    };
-    let rating_id = entry.rating_id;
+    let entry = StreamRating::accepted_now(customer_id, book_id, rating);
+    let (rating_id, at_ms) = (entry.rating_id, entry.at_ms);
     // The order "latest wins" follows: the time, then the id's random tail, as a stream id would.
     let seq = i64::from(u16::from_be_bytes([
         rating_id.as_bytes()[14],

@@ -155,21 +155,10 @@ impl Persister {
         let count = s.batch_size.max(1);
         let quick = Duration::from_secs(5);
         // Ours from before (a failed batch), oldest first.
-        let own: StreamReadReply = tokio::time::timeout(
-            quick,
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&s.group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(&s.stream_key)
-                .arg("0")
-                .query_async(conn),
-        )
-        .await
-        .context("XREADGROUP (own pending) timed out")??;
+        let own: StreamReadReply =
+            tokio::time::timeout(quick, self.read_group(count, None, "0").query_async(conn))
+                .await
+                .context("XREADGROUP (own pending) timed out")??;
         let own = entries_of(own);
         if !own.is_empty() {
             return Ok(own);
@@ -202,22 +191,31 @@ impl Persister {
         // New ones.
         let fresh: Option<StreamReadReply> = tokio::time::timeout(
             Duration::from_millis(s.block_ms) + quick,
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&s.group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("BLOCK")
-                .arg(s.block_ms)
-                .arg("STREAMS")
-                .arg(&s.stream_key)
-                .arg(">")
+            self.read_group(count, Some(s.block_ms), ">")
                 .query_async(conn),
         )
         .await
         .context("XREADGROUP (new) timed out")??;
         Ok(fresh.map(entries_of).unwrap_or_default())
+    }
+}
+
+impl Persister {
+    /// `XREADGROUP` for this consumer: from `from` (`0`: its own pending entries; `>`: new ones),
+    /// waiting up to `block_ms` when given.
+    fn read_group(&self, count: usize, block_ms: Option<u64>, from: &str) -> redis::Cmd {
+        let s = &self.settings;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&s.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(block_ms) = block_ms {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(&s.stream_key).arg(from);
+        cmd
     }
 }
 

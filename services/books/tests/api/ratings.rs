@@ -66,6 +66,19 @@ async fn redis_conn(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
         .expect("connection")
 }
 
+/// Takes the database away from the service: the books role can no longer log in, and its
+/// connections are cut (the superuser still reads the tables).
+async fn lock_out_books(db: &PgPool) {
+    sqlx::query("ALTER ROLE books NOLOGIN")
+        .execute(db)
+        .await
+        .expect("nologin");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'books'")
+        .execute(db)
+        .await
+        .expect("terminate");
+}
+
 /// Waits until `sql` (a count) reaches `want`, or panics with what it was.
 async fn wait_for_count(db: &PgPool, sql: &'static str, want: i64, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
@@ -230,14 +243,7 @@ async fn ratings_accepted_while_postgres_is_unavailable_are_all_persisted_exactl
     }
 
     // The books role can no longer log in, and its connections are cut: the service has no database.
-    sqlx::query("ALTER ROLE books NOLOGIN")
-        .execute(&db)
-        .await
-        .expect("nologin");
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'books'")
-        .execute(&db)
-        .await
-        .expect("terminate");
+    lock_out_books(&db).await;
 
     let mut accepted = Vec::new();
     for _ in 0..20 {
@@ -470,14 +476,7 @@ async fn ratings_after_a_persisted_batch_are_still_checked_against_the_cache_alo
     )
     .await;
     // The batch tombstoned the book's entry; a GET now would have to read the database.
-    sqlx::query("ALTER ROLE books NOLOGIN")
-        .execute(&db)
-        .await
-        .expect("nologin");
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'books'")
-        .execute(&db)
-        .await
-        .expect("terminate");
+    lock_out_books(&db).await;
     let (_, bob) = customer();
     assert_eq!(
         rate(&app, &book_id, &bob, json!({"stars": 4}))
