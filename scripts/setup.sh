@@ -48,6 +48,18 @@ if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; the
   apt_install redis-server
 fi
 
+# The highly available PostgreSQL cluster `bookstore up` runs by default: etcd (the DCS, etcdctl for
+# health checks) and Patroni, which runs under Debian's /usr/bin/python3.
+if ! command -v etcd >/dev/null; then
+  apt_install etcd-server
+fi
+if ! command -v etcdctl >/dev/null; then
+  apt_install etcd-client
+fi
+if ! command -v patroni >/dev/null && [[ ! -x /usr/bin/patroni ]]; then
+  apt_install patroni
+fi
+
 if $want_test; then
   command -v npm >/dev/null || apt_install nodejs npm
   if ! command -v newman >/dev/null; then

@@ -3,6 +3,8 @@
 //! operator commands `up`, `status` and `down`. The test harness (`testkit`) reuses the same code, so
 //! what tests start is what users run.
 
+pub mod accounts;
+pub mod cluster;
 pub mod demo;
 pub mod os_user;
 pub mod ports;

@@ -237,18 +237,6 @@ fn admin_url_for(port: u16, password: &str, database: &str) -> String {
     format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/{database}")
 }
 
-/// Role and database names we create are plain identifiers, so they never need quoting.
-fn check_identifier(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    anyhow::ensure!(ok, "{name:?} is not a plain lower-case identifier");
-    Ok(())
-}
-
 impl PgServer {
     /// A superuser URL for `database`.
     pub fn admin_url(&self, database: &str) -> String {
@@ -273,42 +261,20 @@ impl PgServer {
     /// Creates (or updates the password of) login role `name` and a database `name` it owns, which
     /// nobody else may connect to. Idempotent, so `up` can run it on every start.
     pub async fn ensure_service_database(&self, name: &str, password: &str) -> anyhow::Result<()> {
-        check_identifier(name)?;
-        anyhow::ensure!(
-            password.chars().all(|c| c.is_ascii_alphanumeric()),
-            "generated passwords are alphanumeric"
-        );
         let admin = self.admin_pool("postgres").await?;
-        let role_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(name)
-                .fetch_one(&admin)
-                .await?;
-        let verb = if role_exists { "ALTER" } else { "CREATE" };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{verb} ROLE {name} LOGIN PASSWORD '{password}'"
-        )))
-        .execute(&admin)
-        .await?;
-        let db_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(name)
-                .fetch_one(&admin)
-                .await?;
-        if !db_exists {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE {name} OWNER {name}"
-            )))
-            .execute(&admin)
-            .await?;
-        }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "REVOKE ALL ON DATABASE {name} FROM PUBLIC"
-        )))
-        .execute(&admin)
-        .await?;
+        crate::accounts::ensure_login_role(&admin, name, password).await?;
+        crate::accounts::ensure_owned_database(&admin, name, name).await?;
         admin.close().await;
         Ok(())
+    }
+
+    /// Makes the server's roles and databases match the accounts description.
+    pub async fn apply_accounts(
+        &self,
+        accounts: &crate::accounts::Accounts,
+        password: impl Fn(&str) -> String,
+    ) -> anyhow::Result<()> {
+        crate::accounts::apply(accounts, async |db: &str| self.admin_pool(db).await, password).await
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -323,20 +289,5 @@ impl PgServer {
 
     pub fn process_mut(&mut self) -> &mut Supervised {
         &mut self.process
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_identifiers_are_accepted() {
-        for ok in ["books", "orders", "_x1"] {
-            assert!(check_identifier(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Books", "1books", "books; drop", "a-b", &"x".repeat(64)] {
-            assert!(check_identifier(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -3,11 +3,13 @@
 //! when a test panics — and, through a parent-death signal, even when the test process is killed.
 //! Tests run in parallel without clashing: each gets its own server, directory and ports.
 
+pub mod cluster;
 pub mod instances;
 pub mod platform;
 pub mod postgres;
 pub mod redis;
 
+pub use cluster::TestCluster;
 pub use platform::TestPlatform;
 pub use postgres::TestPostgres;
 pub use redis::TestRedis;
