@@ -1,6 +1,9 @@
 //! The PostgreSQL pool. Start-up waits for the database (launch order must not matter), and the URL's
 //! password never reaches a log line.
 
+pub mod cluster;
+pub mod retry;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -42,8 +45,19 @@ impl std::fmt::Debug for DbConfig {
     }
 }
 
+/// Whether `url` lists several hosts (`postgres://u:p@h1:p1,h2:p2/db`).
+pub fn is_multi_host(url: &str) -> bool {
+    cluster::member_urls(url).is_ok_and(|urls| urls.len() > 1)
+}
+
 /// The URL with its password replaced, for logs and error messages.
 pub fn redact(url: &str) -> String {
+    if is_multi_host(url)
+        && let Some((userinfo, rest)) = url.rsplit_once('@')
+        && let Some((user, _password)) = userinfo.rsplit_once(':')
+    {
+        return format!("{user}:***@{rest}");
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));
@@ -55,7 +69,15 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Connects, retrying until `startup_timeout_seconds` so a service may start before its database.
+/// A multi-host URL (a replicated cluster) gets the cluster-aware pool's primary pool, which
+/// follows failovers by itself; see [`cluster::ClusterPool`].
 pub async fn connect(config: &DbConfig) -> anyhow::Result<PgPool> {
+    if is_multi_host(&config.url) {
+        return Ok(cluster::ClusterPool::connect(config)
+            .await?
+            .primary()
+            .clone());
+    }
     let options = PgConnectOptions::from_str(&config.url)
         .map_err(|e| anyhow::anyhow!("invalid database url {}: {e}", redact(&config.url)))?;
     let pool_options = PgPoolOptions::new()
@@ -95,5 +117,7 @@ mod tests {
         let red = redact("postgres://books:s3cret@127.0.0.1:5432/books");
         assert!(!red.contains("s3cret"));
         assert!(red.contains("books:***@127.0.0.1:5432/books"), "{red}");
+        let many = redact("postgres://books:s3cret@127.0.0.1:1,127.0.0.1:2/books");
+        assert_eq!(many, "postgres://books:***@127.0.0.1:1,127.0.0.1:2/books");
     }
 }

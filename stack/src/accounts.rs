@@ -107,9 +107,23 @@ where
     for reader in &accounts.reader {
         for database in &reader.databases {
             let owner = accounts.owner_of(database).unwrap_or(database);
-            grant_read(&root, &admin(database).await?, &reader.role, database, owner).await?;
+            grant_read(
+                &root,
+                &admin(database).await?,
+                &reader.role,
+                database,
+                owner,
+            )
+            .await?;
         }
-        exec(&root, format!("ALTER ROLE {} SET default_transaction_read_only = on", reader.role)).await?;
+        exec(
+            &root,
+            format!(
+                "ALTER ROLE {} SET default_transaction_read_only = on",
+                reader.role
+            ),
+        )
+        .await?;
     }
     root.close().await;
     Ok(())
@@ -146,7 +160,11 @@ pub async fn ensure_login_role(root: &PgPool, role: &str, password: &str) -> any
 }
 
 /// Creates `database` owned by `owner` if missing; only its owner (and superusers) may connect.
-pub async fn ensure_owned_database(root: &PgPool, owner: &str, database: &str) -> anyhow::Result<()> {
+pub async fn ensure_owned_database(
+    root: &PgPool,
+    owner: &str,
+    database: &str,
+) -> anyhow::Result<()> {
     check_identifier(database)?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -156,7 +174,11 @@ pub async fn ensure_owned_database(root: &PgPool, owner: &str, database: &str) -
     if !exists {
         exec(root, format!("CREATE DATABASE {database} OWNER {owner}")).await?;
     }
-    exec(root, format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC")).await
+    exec(
+        root,
+        format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"),
+    )
+    .await
 }
 
 /// SELECT on every table of `database`'s public schema, now and for tables `owner` creates later.
@@ -167,11 +189,17 @@ async fn grant_read(
     database: &str,
     owner: &str,
 ) -> anyhow::Result<()> {
-    exec(root, format!("GRANT CONNECT ON DATABASE {database} TO {reader}")).await?;
+    exec(
+        root,
+        format!("GRANT CONNECT ON DATABASE {database} TO {reader}"),
+    )
+    .await?;
     for sql in [
         format!("GRANT USAGE ON SCHEMA public TO {reader}"),
         format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}"),
-        format!("ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}"),
+        format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}"
+        ),
     ] {
         exec(db, sql).await?;
     }

@@ -274,7 +274,12 @@ impl PgServer {
         accounts: &crate::accounts::Accounts,
         password: impl Fn(&str) -> String,
     ) -> anyhow::Result<()> {
-        crate::accounts::apply(accounts, async |db: &str| self.admin_pool(db).await, password).await
+        crate::accounts::apply(
+            accounts,
+            async |db: &str| self.admin_pool(db).await,
+            password,
+        )
+        .await
     }
 
     pub fn pid(&self) -> Option<u32> {

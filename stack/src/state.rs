@@ -27,6 +27,9 @@ pub struct State {
     pub postgres_port: u16,
     /// True once every process answered ready and demo data is in place.
     pub ready: bool,
+    /// The PostgreSQL cluster's members, when `up` runs one (`--pg-nodes` > 1).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterInfo>,
     pub processes: Vec<ProcessInfo>,
 }
 
@@ -75,6 +78,10 @@ pub struct Secrets {
     /// The admin account's password (its email is `auth.admin_email`, `admin@bookstore.local`).
     #[serde(default)]
     pub admin_password: String,
+    /// Passwords of the other roles in `deploy/postgres/accounts.toml` and of the cluster's
+    /// replication role (`replicator`), generated when first needed.
+    #[serde(default)]
+    pub role_passwords: std::collections::BTreeMap<String, String>,
 }
 
 impl Secrets {
@@ -94,6 +101,23 @@ impl Secrets {
         ]
     }
 
+    /// The password of a database role (empty for a role `up` does not know).
+    pub fn password_for(&self, role: &str) -> String {
+        self.fixed_password(role)
+            .or_else(|| self.role_passwords.get(role))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn fixed_password(&self, role: &str) -> Option<&String> {
+        match role {
+            "books" => Some(&self.books_db),
+            "orders" => Some(&self.orders_db),
+            "coordinator" => Some(&self.coordinator_db),
+            _ => None,
+        }
+    }
+
     pub fn path(dir: &Path) -> PathBuf {
         dir.join("secrets.json")
     }
@@ -111,6 +135,7 @@ impl Secrets {
                     jwt_secret: String::new(),
                     internal_token: String::new(),
                     admin_password: String::new(),
+                    role_passwords: Default::default(),
                 },
                 true,
             ),
@@ -124,6 +149,19 @@ impl Secrets {
         ] {
             if field.is_empty() {
                 *field = generate_secret(length);
+                changed = true;
+            }
+        }
+        for role in crate::accounts::Accounts::shipped()?
+            .roles()
+            .into_iter()
+            .chain([crate::cluster::patroni::REPLICATION_USER])
+        {
+            if secrets.fixed_password(role).is_none() && !secrets.role_passwords.contains_key(role)
+            {
+                secrets
+                    .role_passwords
+                    .insert(role.to_owned(), generate_password());
                 changed = true;
             }
         }

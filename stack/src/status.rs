@@ -61,8 +61,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let healthy = rows.iter().all(|r| r.health == "ready");
     let upstreams = gateway_view(&client, &args.dir, &state.gateway_url).await;
+    let topology = match &state.cluster {
+        Some(info) => Some(crate::cluster::topology::fetch(&client, info).await),
+        None => None,
+    };
     if args.json {
-        let view = serde_json::json!({"processes": rows, "upstreams": upstreams.as_ref().ok()});
+        let cluster = topology.as_ref().and_then(|t| t.as_ref().ok());
+        let view = serde_json::json!({"processes": rows, "upstreams": upstreams.as_ref().ok(), "cluster": cluster});
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         println!(
@@ -78,6 +83,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !args.json {
+        if let Some(topology) = &topology {
+            crate::cluster::topology::print(topology);
+        }
         print_upstreams(&upstreams);
     }
     Ok(if healthy {
@@ -163,11 +171,8 @@ async fn probe(client: &reqwest::Client, process: &ProcessInfo) -> String {
     if !alive(process.pid) {
         return "exited".into();
     }
-    if process.kind == "postgres" || process.kind == "redis" {
-        let addr = process
-            .url
-            .trim_start_matches("postgres://")
-            .trim_start_matches("redis://");
+    if matches!(process.kind.as_str(), "postgres" | "redis" | "etcd") {
+        let addr = process.url.rsplit("://").next().unwrap_or_default();
         return match tokio::net::TcpStream::connect(addr).await {
             Ok(_) => "ready".into(),
             Err(_) => "not answering".into(),

@@ -35,6 +35,10 @@ pub struct UpArgs {
     /// acknowledged; a crashed machine up to ~2 s) or `always` (nothing, slower). See docs/CACHE.md.
     #[arg(long, default_value = crate::redis::DEFAULT_APPENDFSYNC, value_parser = ["always", "everysec", "no"])]
     pub redis_appendfsync: String,
+    /// PostgreSQL members: 1 runs a single plain server; more run a Patroni cluster (one primary,
+    /// the rest streaming replicas, the last of them passive) with etcd. See docs/CLUSTER.md.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub pg_nodes: u16,
     /// Do not load demo data into an empty catalog.
     #[arg(long, env = "BOOKSTORE_NO_DEMO")]
     pub no_demo: bool,
@@ -47,6 +51,7 @@ pub struct UpArgs {
 struct Running {
     dir: PathBuf,
     postgres: Option<PgServer>,
+    cluster: Option<crate::cluster::Cluster>,
     /// In start order; stopped in reverse.
     children: Vec<(ProcessInfo, Supervised)>,
     state: State,
@@ -60,6 +65,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut running = Running {
         dir: dir.clone(),
         postgres: None,
+        cluster: None,
         children: Vec::new(),
         state: State {
             up_pid: std::process::id(),
@@ -132,6 +138,10 @@ fn preflight(args: &UpArgs) -> anyhow::Result<()> {
         crate::redis::locate()?;
     }
     os_user::server_user()?;
+    if args.pg_nodes > 1 {
+        crate::cluster::etcd::locate()?;
+        crate::cluster::patroni::locate()?;
+    }
     for (port, what, flag) in [
         (args.gateway_port, "gateway", "--gateway-port"),
         (args.registry_port, "registry", "--registry-port"),
@@ -148,7 +158,15 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     let exe = std::env::current_exe().context("cannot find the bookstore executable")?;
     let secrets = Secrets::load_or_create(&running.dir)?;
     step(progress, "starting PostgreSQL");
-    start_postgres(running, &secrets).await?;
+    if args.pg_nodes > 1 {
+        start_cluster(args, running, &secrets, progress).await?;
+    } else {
+        start_postgres(running, &secrets).await?;
+    }
+    let db_hosts = match &running.state.cluster {
+        Some(cluster) => cluster.hosts(),
+        None => format!("127.0.0.1:{}", running.state.postgres_port),
+    };
     step(progress, "starting the Redis cache nodes");
     let cache_nodes = start_redis(args, running).await?;
     step(progress, "starting the registry");
@@ -165,28 +183,21 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     .await?;
     running.state.registry_url = registry.clone();
     step(progress, "starting books, orders and coordinator instances");
-    let pg_port = running.state.postgres_port;
     let services = [
         (
             "coordinator",
             format!(
-                "postgres://coordinator:{}@127.0.0.1:{pg_port}/coordinator",
+                "postgres://coordinator:{}@{db_hosts}/coordinator",
                 secrets.coordinator_db
             ),
         ),
         (
             "books",
-            format!(
-                "postgres://books:{}@127.0.0.1:{pg_port}/books",
-                secrets.books_db
-            ),
+            format!("postgres://books:{}@{db_hosts}/books", secrets.books_db),
         ),
         (
             "orders",
-            format!(
-                "postgres://orders:{}@127.0.0.1:{pg_port}/orders",
-                secrets.orders_db
-            ),
+            format!("postgres://orders:{}@{db_hosts}/orders", secrets.orders_db),
         ),
     ];
     let auth_env = secrets.auth_env();
@@ -242,7 +253,7 @@ async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Res
     if !data_dir.join("PG_VERSION").is_file() {
         postgres::init_cluster(&bins, &data_dir, &secrets.postgres_superuser, run_as).await?;
     }
-    stop_stale_postmaster(&data_dir).await;
+    crate::cluster::stop_leftover_postmaster(&data_dir).await;
     let previous = State::read(dir).ok().flatten().map(|s| s.postgres_port);
     let port = match previous {
         Some(port) if port != 0 && ports::is_free(port) => port,
@@ -265,14 +276,9 @@ async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Res
         on_parent_death: nix::sys::signal::Signal::SIGINT,
     };
     let server = postgres::start(&bins, &options).await?;
+    let accounts = crate::accounts::Accounts::shipped()?;
     server
-        .ensure_service_database("books", &secrets.books_db)
-        .await?;
-    server
-        .ensure_service_database("orders", &secrets.orders_db)
-        .await?;
-    server
-        .ensure_service_database("coordinator", &secrets.coordinator_db)
+        .apply_accounts(&accounts, |role| secrets.password_for(role))
         .await?;
     running.state.postgres_port = port;
     running.state.processes.push(ProcessInfo {
@@ -333,28 +339,25 @@ fn cache_nodes_setting(nodes: &[String]) -> String {
     format!("[{}]", quoted.join(","))
 }
 
-/// A postmaster left behind by an `up` that was killed outright: ask it to stop before we start.
-async fn stop_stale_postmaster(data_dir: &Path) {
-    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
-        return;
-    };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).is_err() {
-        return;
-    }
-    for _ in 0..300 {
-        if nix::sys::signal::kill(pid, None).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The Patroni cluster instead of the single server; its members appear in `status` like processes.
+async fn start_cluster(
+    args: &UpArgs,
+    running: &mut Running,
+    secrets: &Secrets,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    let on_step = |message: &str| progress.set_message(format!("PostgreSQL cluster: {message}"));
+    let (cluster, info) =
+        crate::cluster::launch::start_for_up(&running.dir, args.pg_nodes.into(), secrets, &on_step)
+            .await?;
+    running.state.postgres_port = info.members[0].pg_port;
+    running
+        .state
+        .processes
+        .extend(cluster.processes(&running.dir));
+    running.state.cluster = Some(info);
+    running.cluster = Some(cluster);
+    running.state.write(&running.dir)
 }
 
 /// Starts one component, waits for its address and readiness, and records it. Returns its base URL.
@@ -423,7 +426,10 @@ fn print_summary(state: &State, dir: &Path) {
     println!("The bookstore platform is up.");
     println!("  gateway   {}/api/books", state.gateway_url);
     println!("  registry  {}/v1/catalog/services", state.registry_url);
-    println!("  database  127.0.0.1:{}", state.postgres_port);
+    match &state.cluster {
+        Some(cluster) => println!("  database  {} (Patroni cluster)", cluster.hosts()),
+        None => println!("  database  127.0.0.1:{}", state.postgres_port),
+    }
     println!("  logs      {}/", dir.join("logs").display());
     println!(
         "  status    bookstore status --dir {}   stop: Ctrl-C",
@@ -480,6 +486,11 @@ async fn shutdown(mut running: Running, quiet: bool) {
         && let Err(e) = pg.stop().await
     {
         eprintln!("bookstore: stopping PostgreSQL: {e:#}");
+    }
+    if let Some(cluster) = running.cluster.take()
+        && let Err(e) = cluster.stop().await
+    {
+        eprintln!("bookstore: stopping the PostgreSQL cluster: {e:#}");
     }
     State::remove(&running.dir);
     if !quiet {

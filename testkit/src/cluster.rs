@@ -34,7 +34,10 @@ impl TestCluster {
             on_parent_death: Signal::SIGTERM,
         };
         let started = std::time::Instant::now();
-        let cluster = cluster::start(&options, &|step| eprintln!("{:?} {step}", started.elapsed())).await?;
+        let cluster = cluster::start(&options, &|step| {
+            eprintln!("{:?} {step}", started.elapsed())
+        })
+        .await?;
         eprintln!("{:?} ready", started.elapsed());
         Ok(TestCluster {
             cluster: Some(cluster),
@@ -55,7 +58,11 @@ impl TestCluster {
     }
 
     /// A superuser pool on one member.
-    pub async fn admin_pool(&self, member: &Member, database: &str) -> anyhow::Result<sqlx::PgPool> {
+    pub async fn admin_pool(
+        &self,
+        member: &Member,
+        database: &str,
+    ) -> anyhow::Result<sqlx::PgPool> {
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&self.cluster().admin_url(member, database))

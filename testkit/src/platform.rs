@@ -29,22 +29,42 @@ impl TestPlatform {
         bookstore: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<TestPlatform> {
+        Self::start_nodes(bookstore, env, 1).await
+    }
+
+    /// The platform on the real Patroni cluster `bookstore up` runs by default (one primary, four
+    /// replicas, etcd): slower to start (~20–30 s), so only cluster tests use it.
+    pub async fn start_cluster(
+        bookstore: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TestPlatform> {
+        Self::start_nodes(bookstore, env, 5).await
+    }
+
+    async fn start_nodes(
+        bookstore: &Path,
+        env: &[(&str, &str)],
+        pg_nodes: u16,
+    ) -> anyhow::Result<TestPlatform> {
         let tempdir = tempfile::Builder::new().prefix("bookstore-up-").tempdir()?;
         let dir = tempdir.path().to_path_buf();
-        let mut platform = Self::launch(bookstore, &dir, env).await?;
+        let mut platform = Self::launch(bookstore, &dir, env, pg_nodes).await?;
         platform._tempdir = Some(tempdir);
         Ok(platform)
     }
 
     /// Starts the platform in `dir`, which may hold data of an earlier run.
     pub async fn start_in(bookstore: &Path, dir: &Path) -> anyhow::Result<TestPlatform> {
-        Self::launch(bookstore, dir, &[]).await
+        Self::launch(bookstore, dir, &[], 1).await
     }
 
+    /// Starts `bookstore up` with `--pg-nodes pg_nodes` (1: the single plain PostgreSQL that keeps
+    /// the end-to-end tests fast).
     async fn launch(
         bookstore: &Path,
         dir: &Path,
         env: &[(&str, &str)],
+        pg_nodes: u16,
     ) -> anyhow::Result<TestPlatform> {
         std::fs::create_dir_all(dir)?;
         let spec = ChildSpec::new("bookstore up", bookstore, dir.join("up.log")).args([
@@ -55,6 +75,8 @@ impl TestPlatform {
             "0",
             "--registry-port",
             "0",
+            "--pg-nodes",
+            &pg_nodes.to_string(),
             "--quiet",
         ]);
         let spec = env

@@ -5,6 +5,7 @@ mod authz;
 mod cache;
 mod checkout;
 mod cli;
+mod cluster;
 mod gateway;
 mod lifecycle;
 mod observability;

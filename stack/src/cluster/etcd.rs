@@ -50,8 +50,18 @@ pub async fn start(binary: &Path, options: &EtcdOptions) -> anyhow::Result<Etcd>
     let spec = ChildSpec::new("etcd", binary, &options.log_file)
         .args(["--name", "etcd1", "--data-dir"])
         .args([options.data_dir.display().to_string()])
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
         .args(["--initial-cluster", &format!("etcd1={peer}")])
         .args(["--initial-cluster-state", "new", "--log-level", "warn"]);
     let mut spec = spec;
@@ -76,7 +86,10 @@ async fn wait_healthy(process: &mut Supervised, client_url: &str) -> anyhow::Res
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = process.exited() {
-            anyhow::bail!("etcd exited during start-up ({status}):\n{}", process.log_tail(20));
+            anyhow::bail!(
+                "etcd exited during start-up ({status}):\n{}",
+                process.log_tail(20)
+            );
         }
         if let Ok(response) = http.get(format!("{client_url}/health")).send().await
             && let Ok(body) = response.json::<serde_json::Value>().await

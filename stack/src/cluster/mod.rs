@@ -5,7 +5,11 @@
 //! PostgreSQL, then stops leftover postmasters through `postmaster.pid` (they are not Patroni's children).
 
 pub mod etcd;
+pub mod launch;
 pub mod patroni;
+pub mod topology;
+
+pub use launch::{ClusterInfo, MemberInfo};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -152,12 +156,12 @@ pub async fn start(
     };
     let fresh = !specs[0].data_dir().join("PG_VERSION").is_file();
     let spawn = |spec: &MemberSpec| {
-        patroni::spawn(&patroni_bin, spec, options.run_as, options.on_parent_death).map(
-            |process| Member {
+        patroni::spawn(&patroni_bin, spec, options.run_as, options.on_parent_death).map(|process| {
+            Member {
                 spec: spec.clone(),
                 process,
-            },
-        )
+            }
+        })
     };
     if fresh {
         on_step("initialising the primary (Patroni)");
