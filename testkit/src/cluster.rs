@@ -100,7 +100,6 @@ mod tests {
     -> anyhow::Result<()> {
         let test = TestCluster::start(5).await?;
         let view = test.cluster().view().await?;
-        eprintln!("{view:#?}");
         assert_eq!(view.len(), 5);
         assert_eq!(view.iter().filter(|m| m.role == "leader").count(), 1);
         assert_eq!(view.iter().filter(|m| m.role == "sync_standby").count(), 1);

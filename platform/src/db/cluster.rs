@@ -59,6 +59,8 @@ pub struct Topology {
     pub nodes: Vec<NodeState>,
     /// Primary changes seen since start.
     pub failovers: u64,
+    /// The member the primary pool connects to (kept while no primary answers).
+    pub routed_to: Option<usize>,
 }
 
 impl Topology {
@@ -145,6 +147,7 @@ impl ClusterPool {
                 })
                 .collect(),
             failovers: 0,
+            routed_to: None,
         };
         let primary = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -238,15 +241,13 @@ impl ClusterPool {
             .find(|p| !p.in_recovery)
             .map(|p| p.lsn);
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
-        let before = topology.primary();
         for (state, result) in topology.nodes.iter_mut().zip(&results) {
             *state = node_state(&state.node, result.as_ref(), primary_lsn);
         }
-        let after = topology.primary();
-        if let Some(new) = after
-            && before != after
+        if let Some(new) = topology.primary()
+            && topology.routed_to != Some(new)
         {
-            if before.is_some() {
+            if topology.routed_to.replace(new).is_some() {
                 topology.failovers += 1;
                 metrics::counter!("bookstore_pg_failovers_total").increment(1);
                 tracing::warn!(primary = %self.nodes[new].name, "the primary changed; re-routing writes");
