@@ -33,12 +33,7 @@ impl TestCluster {
             durable: false,
             on_parent_death: Signal::SIGTERM,
         };
-        let started = std::time::Instant::now();
-        let cluster = cluster::start(&options, &|step| {
-            eprintln!("{:?} {step}", started.elapsed())
-        })
-        .await?;
-        eprintln!("{:?} ready", started.elapsed());
+        let cluster = cluster::start(&options, &|_| {}).await?;
         Ok(TestCluster {
             cluster: Some(cluster),
             _dir: dir,
