@@ -39,6 +39,30 @@ const EMITTED_ON_FIRST_EVENT: &[(&str, &str)] = &[
         "coordinator_protocol_violations_total",
         "only when a participant gives an answer the protocol rules out",
     ),
+    (
+        "bookstore_pg_node_is_primary",
+        "only on the Patroni cluster; this test runs the single server",
+    ),
+    (
+        "bookstore_pg_node_up",
+        "only on the Patroni cluster; this test runs the single server",
+    ),
+    (
+        "bookstore_pg_replication_lag_seconds",
+        "only on the Patroni cluster; this test runs the single server",
+    ),
+    (
+        "bookstore_pg_replication_lag_bytes",
+        "only on the Patroni cluster; this test runs the single server",
+    ),
+    (
+        "bookstore_pg_failovers_total",
+        "only when a cluster-aware pool sees the primary change",
+    ),
+    (
+        "bookstore_pg_pool_errors_total",
+        "only when idempotent database work is retried",
+    ),
 ];
 
 fn root() -> &'static Path {
