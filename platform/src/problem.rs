@@ -252,21 +252,7 @@ impl From<sqlx::Error> for ApiError {
 /// recovery (SQLSTATE class 08, 57P01–57P03), read-only after a failover (25006), serialization
 /// failure and deadlock (40001, 40P01).
 pub fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || matches!(
-                    &*code,
-                    "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
-                )
-        }),
-        _ => false,
-    }
+    crate::db::retry::classify(err).is_retryable()
 }
 
 /// The name of a violated constraint, if `err` is one; lets handlers turn a known violation into 409/422.

@@ -139,14 +139,20 @@ async fn the_primary_dying_during_top_ups_loses_no_acknowledged_write() -> anyho
     let http = client();
     let (id, token) =
         new_customer(&http, &gateway, "failover@example.com", "failover-pass-1").await?;
-    let before: Value = http
-        .get(format!("{gateway}/api/customers/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let credit = async || -> anyhow::Result<i64> {
+        let customer: Value = http
+            .get(format!("{gateway}/api/customers/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        customer["credit_cents"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no credit_cents in {customer}"))
+    };
+    let before = credit().await?;
     let mut writer = Writer {
         client: http.clone(),
         url: format!("{gateway}/api/customers/{id}/credit"),
@@ -174,17 +180,8 @@ async fn the_primary_dying_during_top_ups_loses_no_acknowledged_write() -> anyho
     assert_ne!(new.name, old.name, "a replica was promoted");
     assert!(!new.passive, "the passive member is never promoted");
 
-    let after: Value = http
-        .get(format!("{gateway}/api/customers/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let credit = |c: &Value| c["credit_cents"].as_i64().unwrap_or(-1);
     assert_eq!(
-        credit(&after) - credit(&before),
+        credit().await? - before,
         writer.acknowledged_cents,
         "every acknowledged top-up applied exactly once"
     );
