@@ -47,12 +47,15 @@ pub async fn start_for_up(
     secrets: &Secrets,
     on_step: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<(Cluster, ClusterInfo)> {
+    let run_as = os_user::server_user()?;
+    // The launcher's directory may be private (a mktemp dir): let the database user pass through.
+    os_user::make_reachable(dir, run_as)?;
     let options = ClusterOptions {
         dir: dir.join("cluster"),
         members: nodes,
         superuser_password: secrets.postgres_superuser.clone(),
         replication_password: secrets.password_for(super::patroni::REPLICATION_USER),
-        run_as: os_user::server_user()?,
+        run_as,
         durable: true,
         on_parent_death: Signal::SIGTERM,
     };
