@@ -7,7 +7,9 @@ pub mod instances;
 pub mod platform;
 pub mod postgres;
 pub mod redis;
+pub mod replication;
 
 pub use platform::TestPlatform;
 pub use postgres::TestPostgres;
 pub use redis::TestRedis;
+pub use replication::{ReplicaOptions, TestReplicaSet};

@@ -10,7 +10,7 @@ use stack::os_user::{self, RunAs};
 use stack::postgres::{self, PgBinaries, PgServer, PgSettings, PortInUse, StartOptions};
 
 /// The superuser password of every test cluster; they listen on loopback only and live for one test.
-const TEST_PASSWORD: &str = "testkit";
+pub(crate) const TEST_PASSWORD: &str = "testkit";
 /// Bump when the template's initdb options change, so stale caches are not reused.
 const TEMPLATE_VERSION: &str = "v2";
 
@@ -30,6 +30,16 @@ impl TestPostgres {
         os_user::hand_over(dir.path(), run_as)?;
         let data_dir = dir.path().join("data");
         copy_dir(&template, &data_dir).await?;
+        Self::start_in(&bins, run_as, dir).await
+    }
+
+    /// Starts the server whose data directory is `<dir>/data` on a free port (retried if taken).
+    pub(crate) async fn start_in(
+        bins: &PgBinaries,
+        run_as: Option<RunAs>,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<TestPostgres> {
+        let data_dir = dir.path().join("data");
         let mut last_error = None;
         for _ in 0..5 {
             let options = StartOptions {
@@ -45,7 +55,7 @@ impl TestPostgres {
                 },
                 on_parent_death: Signal::SIGQUIT,
             };
-            match postgres::start(&bins, &options).await {
+            match postgres::start(bins, &options).await {
                 Ok(server) => {
                     return Ok(TestPostgres {
                         server: Some(server),
@@ -57,6 +67,11 @@ impl TestPostgres {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port for PostgreSQL")))
+    }
+
+    /// The server's directory (data in `data/`, log in `postgres.log`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     fn server(&self) -> &PgServer {

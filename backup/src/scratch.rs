@@ -1,0 +1,91 @@
+//! A throw-away PostgreSQL server from the machine's binaries (initdb + start on a free loopback port,
+//! as the `postgres` OS user when we are root), for `restore --scratch` and `--verify`. It stops and
+//! its directory is deleted when dropped.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use stack::os_user;
+use stack::postgres::{self, PgBinaries, PgServer, PgSettings, PortInUse, StartOptions};
+
+use crate::url::ClusterUrl;
+
+pub struct Scratch {
+    server: Option<PgServer>,
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub async fn start(bins: &PgBinaries) -> anyhow::Result<Scratch> {
+        let run_as = os_user::server_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("bookstore-restore-")
+            .tempdir()?;
+        os_user::hand_over(dir.path(), run_as)?;
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let data_dir = dir.path().join("data");
+        postgres::init_cluster(bins, &data_dir, &password, run_as).await?;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let options = StartOptions {
+                data_dir: data_dir.clone(),
+                socket_dir: dir.path().join("run"),
+                log_file: dir.path().join("postgres.log"),
+                port: stack::ports::free_port()?,
+                superuser_password: password.clone(),
+                run_as,
+                settings: PgSettings {
+                    durable: false,
+                    ..PgSettings::default()
+                },
+                on_parent_death: Signal::SIGQUIT,
+            };
+            match postgres::start(bins, &options).await {
+                Ok(server) => {
+                    return Ok(Scratch {
+                        server: Some(server),
+                        dir,
+                    });
+                }
+                Err(e) if e.is::<PortInUse>() => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port for the scratch server")))
+    }
+
+    /// The superuser URL of the scratch server.
+    pub fn url(&self) -> anyhow::Result<ClusterUrl> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the scratch server has stopped"))?;
+        Ok(server.admin_url("postgres").parse()?)
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.stop().await;
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Immediate shutdown: its data goes with the directory.
+        if let Some(mut server) = self.server.take() {
+            let process = server.process_mut();
+            let _ = process.signal(Signal::SIGQUIT);
+            for _ in 0..100 {
+                if process.exited().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
