@@ -238,7 +238,7 @@ impl Job {
     async fn run(&self) -> anyhow::Result<Manifest> {
         let started_at = chrono::Utc::now();
         let manifest = match self.choice.node.role {
-            Role::Replica => self.from_replica(started_at).await?,
+            Role::Replica => self.paused_dump(started_at).await?,
             Role::Primary => {
                 let lsn = self.primary_lsn().await?;
                 let files = self.interruptible(self.dump_all()).await?;
@@ -250,7 +250,7 @@ impl Job {
     }
 
     /// Pause, dump, re-check, and resume whatever happened in between.
-    async fn from_replica(
+    async fn paused_dump(
         &self,
         started_at: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<Manifest> {

@@ -24,7 +24,8 @@ impl Scratch {
         os_user::hand_over(dir.path(), run_as)?;
         let password = uuid::Uuid::new_v4().simple().to_string();
         let data_dir = dir.path().join("data");
-        postgres::init_cluster(bins, &data_dir, &password, run_as).await?;
+        // Thrown away afterwards: no need to wait for initdb's fsyncs.
+        postgres::init_cluster_with(bins, &data_dir, &password, run_as, &["--no-sync"]).await?;
         let mut last_error = None;
         for _ in 0..5 {
             let options = StartOptions {
