@@ -2,11 +2,9 @@
 //! as the `postgres` OS user when we are root), for `restore --scratch` and `--verify`. It stops and
 //! its directory is deleted when dropped.
 
-use std::time::Duration;
-
 use nix::sys::signal::Signal;
 use stack::os_user;
-use stack::postgres::{self, PgBinaries, PgServer, PgSettings, PortInUse, StartOptions};
+use stack::postgres::{self, PgBinaries, PgServer, PgSettings, StartOptions};
 
 use crate::url::ClusterUrl;
 
@@ -26,33 +24,24 @@ impl Scratch {
         let data_dir = dir.path().join("data");
         // Thrown away afterwards: no need to wait for initdb's fsyncs.
         postgres::init_cluster_with(bins, &data_dir, &password, run_as, &["--no-sync"]).await?;
-        let mut last_error = None;
-        for _ in 0..5 {
-            let options = StartOptions {
-                data_dir: data_dir.clone(),
-                socket_dir: dir.path().join("run"),
-                log_file: dir.path().join("postgres.log"),
-                port: stack::ports::free_port()?,
-                superuser_password: password.clone(),
-                run_as,
-                settings: PgSettings {
-                    durable: false,
-                    ..PgSettings::default()
-                },
-                on_parent_death: Signal::SIGQUIT,
-            };
-            match postgres::start(bins, &options).await {
-                Ok(server) => {
-                    return Ok(Scratch {
-                        server: Some(server),
-                        dir,
-                    });
-                }
-                Err(e) if e.is::<PortInUse>() => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port for the scratch server")))
+        let server = postgres::start_on_free_port(bins, |port| StartOptions {
+            data_dir: data_dir.clone(),
+            socket_dir: dir.path().join("run"),
+            log_file: dir.path().join("postgres.log"),
+            port,
+            superuser_password: password.clone(),
+            run_as,
+            settings: PgSettings {
+                durable: false,
+                ..PgSettings::default()
+            },
+            on_parent_death: Signal::SIGQUIT,
+        })
+        .await?;
+        Ok(Scratch {
+            server: Some(server),
+            dir,
+        })
     }
 
     /// The superuser URL of the scratch server.
@@ -79,14 +68,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // Immediate shutdown: its data goes with the directory.
         if let Some(mut server) = self.server.take() {
-            let process = server.process_mut();
-            let _ = process.signal(Signal::SIGQUIT);
-            for _ in 0..100 {
-                if process.exited().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            server.stop_immediately();
         }
     }
 }

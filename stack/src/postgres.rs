@@ -214,6 +214,23 @@ pub async fn start(bins: &PgBinaries, options: &StartOptions) -> anyhow::Result<
     }
 }
 
+/// Starts a server on a probed free loopback port, retrying (5 times) when another process takes
+/// the port between the probe and the bind. `options(port)` describes the server on that port.
+pub async fn start_on_free_port(
+    bins: &PgBinaries,
+    options: impl Fn(u16) -> StartOptions,
+) -> anyhow::Result<PgServer> {
+    let mut last_error = None;
+    for _ in 0..5 {
+        match start(bins, &options(crate::ports::free_port()?)).await {
+            Ok(server) => return Ok(server),
+            Err(e) if e.is::<PortInUse>() => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port for PostgreSQL")))
+}
+
 /// Start-up failed because the port was taken; retry elsewhere.
 #[derive(Debug, thiserror::Error)]
 #[error("port {0} is already in use")]
@@ -332,6 +349,18 @@ impl PgServer {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.process.stop(Duration::from_secs(30)).await?;
         Ok(())
+    }
+
+    /// Immediate shutdown (SIGQUIT) and a short wait, callable from `Drop`: for throw-away servers
+    /// whose data is deleted anyway.
+    pub fn stop_immediately(&mut self) {
+        let _ = self.process.signal(Signal::SIGQUIT);
+        for _ in 0..100 {
+            if self.process.exited().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn process_mut(&mut self) -> &mut Supervised {

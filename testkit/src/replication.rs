@@ -55,22 +55,14 @@ pub struct TestReplicaSet {
 impl TestReplicaSet {
     /// A primary and one streaming replica per entry of `replicas`, each caught up.
     pub async fn start(replicas: &[ReplicaOptions]) -> anyhow::Result<TestReplicaSet> {
-        let primary = TestPostgres::start().await?;
-        let admin = sqlx::PgPool::connect(&primary.admin_url("postgres")).await?;
-        // Keep WAL around for replicas started later from an older base backup.
-        sqlx::query("ALTER SYSTEM SET wal_keep_size = '256MB'")
-            .execute(&admin)
-            .await?;
-        sqlx::query("SELECT pg_reload_conf()")
-            .execute(&admin)
-            .await?;
-        admin.close().await;
         let mut set = TestReplicaSet {
-            primary,
+            primary: TestPostgres::start().await?,
             replicas: Vec::new(),
             bins: PgBinaries::locate()?,
             run_as: os_user::server_user()?,
         };
+        // Keep WAL around for replicas started later from an older base backup.
+        set.configure_primary("wal_keep_size", "256MB").await?;
         for options in replicas {
             let backup = set.base_backup().await?;
             let replica = set.start_replica(backup, options).await?;
@@ -80,6 +72,22 @@ impl TestReplicaSet {
             set.wait_caught_up(i).await?;
         }
         Ok(set)
+    }
+
+    /// `ALTER SYSTEM SET key = 'value'` on the primary and a reload (reloadable settings only, e.g.
+    /// `synchronous_standby_names`).
+    pub async fn configure_primary(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut admin = sqlx::PgConnection::connect(&self.primary.admin_url("postgres")).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER SYSTEM SET {key} = '{}'",
+            value.replace('\'', "''")
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut admin)
+            .await?;
+        Ok(())
     }
 
     /// `postgresql://postgres:…@primary,replica1,…/database`: the multi-host URL of the whole set.

@@ -29,6 +29,21 @@ fn run(args: &[&str]) -> Output {
         .expect("bookstore runs")
 }
 
+/// `bookstore backup --url URL --out OUT --state-dir STATE EXTRA…` to completion.
+fn run_backup(url: &str, out: &Path, state: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "backup",
+        "--url",
+        url,
+        "--out",
+        path(out),
+        "--state-dir",
+        path(state),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn text(output: &Output) -> String {
     format!(
         "status {}\nstdout: {}\nstderr: {}",
@@ -157,24 +172,12 @@ async fn a_backup_under_write_load_restores_to_exactly_the_state_at_its_lsn() ->
     let out = dir.path().join("b1");
     let url = set.url("bank");
     let before = done.load(Ordering::Relaxed);
-    let args: Vec<String> = [
-        "backup",
-        "--url",
-        &url,
-        "--out",
-        path(&out),
-        "--state-dir",
-        path(&dir.path().join("state")),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let state = dir.path().join("state");
     // Off the test's runtime thread, so the writer keeps writing while the backup runs.
-    let backup = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&args)
-    })
-    .await?;
+    let backup = {
+        let (url, out) = (url.clone(), out.clone());
+        tokio::task::spawn_blocking(move || run_backup(&url, &out, &state, &[])).await?
+    };
     let during = done.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     writer.await??;
@@ -267,15 +270,7 @@ async fn the_passive_replica_is_preferred_and_a_synchronous_one_is_never_paused(
     let state = dir.path().join("state");
     let url = set.url("postgres");
     let out = dir.path().join("passive");
-    let first = run(&[
-        "backup",
-        "--url",
-        &url,
-        "--out",
-        path(&out),
-        "--state-dir",
-        path(&state),
-    ]);
+    let first = run_backup(&url, &out, &state, &[]);
     assert!(first.status.success(), "{}", text(&first));
     let m = manifest(&out)?;
     assert_eq!(m["node"], format!("127.0.0.1:{}", set.replicas[1].port()));
@@ -285,12 +280,7 @@ async fn the_passive_replica_is_preferred_and_a_synchronous_one_is_never_paused(
     );
 
     // Make the passive replica synchronous: pausing it would stall commits, so r1 is chosen.
-    let primary = PgPool::connect(&set.primary.admin_url("postgres")).await?;
-    sqlx::query("ALTER SYSTEM SET synchronous_standby_names = 'r2'")
-        .execute(&primary)
-        .await?;
-    sqlx::query("SELECT pg_reload_conf()")
-        .execute(&primary)
+    set.configure_primary("synchronous_standby_names", "r2")
         .await?;
     wait_sql(
         &set.primary.admin_url("postgres"),
@@ -299,32 +289,19 @@ async fn the_passive_replica_is_preferred_and_a_synchronous_one_is_never_paused(
     )
     .await?;
     let out = dir.path().join("async");
-    let second = run(&[
-        "backup",
-        "--url",
-        &url,
-        "--out",
-        path(&out),
-        "--state-dir",
-        path(&state),
-    ]);
+    let second = run_backup(&url, &out, &state, &[]);
     assert!(second.status.success(), "{}", text(&second));
     let m = manifest(&out)?;
     assert_eq!(m["node"], format!("127.0.0.1:{}", set.replicas[0].port()));
     assert_eq!(m["sync_state"], "async");
 
     // A database that does not exist is refused before anything is paused.
-    let missing = run(&[
-        "backup",
-        "--url",
+    let missing = run_backup(
         &url,
-        "--database",
-        "nosuch",
-        "--out",
-        path(&dir.path().join("x")),
-        "--state-dir",
-        path(&state),
-    ]);
+        &dir.path().join("x"),
+        &state,
+        &["--database", "nosuch"],
+    );
     assert!(!missing.status.success());
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("database \"nosuch\" does not exist"),
@@ -508,15 +485,7 @@ async fn a_replica_left_paused_by_a_killed_run_is_resumed_by_the_next_run() -> a
     )
     .await?;
     let out = blocked.dir.path().join("next");
-    let next = run(&[
-        "backup",
-        "--url",
-        &blocked.set.url("bank"),
-        "--out",
-        path(&out),
-        "--state-dir",
-        path(&blocked.state_dir()),
-    ]);
+    let next = run_backup(&blocked.set.url("bank"), &out, &blocked.state_dir(), &[]);
     assert!(next.status.success(), "{}", text(&next));
     assert!(
         String::from_utf8_lossy(&next.stderr).contains("left paused by an earlier backup run"),
@@ -540,15 +509,7 @@ async fn restore_refuses_a_tampered_dump_and_verify_catches_a_different_table() 
     set.wait_caught_up(0).await?;
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("b");
-    let backup = run(&[
-        "backup",
-        "--url",
-        &set.url("bank"),
-        "--out",
-        path(&out),
-        "--state-dir",
-        path(&dir.path().join("s")),
-    ]);
+    let backup = run_backup(&set.url("bank"), &out, &dir.path().join("s"), &[]);
     assert!(backup.status.success(), "{}", text(&backup));
 
     // A manifest whose fingerprint of one table disagrees with the dump: verify names that table.
@@ -612,15 +573,7 @@ async fn without_a_usable_replica_the_primary_needs_allow_primary() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let url = set.url("postgres");
     let state = dir.path().join("s");
-    let refused = run(&[
-        "backup",
-        "--url",
-        &url,
-        "--out",
-        path(&dir.path().join("a")),
-        "--state-dir",
-        path(&state),
-    ]);
+    let refused = run_backup(&url, &dir.path().join("a"), &state, &[]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--allow-primary"),
@@ -628,16 +581,7 @@ async fn without_a_usable_replica_the_primary_needs_allow_primary() -> anyhow::R
         text(&refused)
     );
     let out = dir.path().join("b");
-    let allowed = run(&[
-        "backup",
-        "--url",
-        &url,
-        "--allow-primary",
-        "--out",
-        path(&out),
-        "--state-dir",
-        path(&state),
-    ]);
+    let allowed = run_backup(&url, &out, &state, &["--allow-primary"]);
     assert!(allowed.status.success(), "{}", text(&allowed));
     assert!(
         String::from_utf8_lossy(&allowed.stderr).contains("warning: backing up from the primary")
