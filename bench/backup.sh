@@ -40,6 +40,7 @@ P1=$(free_port); P2=$(free_port)
 cleanup() {
   as_pg "$PGBIN/pg_ctl" -D "$OUT/replica" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$OUT/primary" -m immediate stop >/dev/null 2>&1 || true
+  [[ -n "${BENCH_OUT:-}" ]] || rm -rf "$OUT"
 }
 trap cleanup EXIT
 
@@ -47,9 +48,9 @@ say "primary on $P1, replica on $P2, data in $OUT"
 as_pg "$PGBIN/initdb" --no-sync -D "$OUT/primary" -U postgres --auth=trust >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$OUT/primary" -l "$OUT/primary.log" -w \
   -o "-p $P1 -k $OUT -c listen_addresses=127.0.0.1 -c wal_keep_size=1GB" start >/dev/null
-as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$P1" -U postgres bench
+"$PGBIN/createdb" -h 127.0.0.1 -p "$P1" -U postgres bench
 say "loading pgbench scale $SCALE"
-as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s "$SCALE" bench 2>/dev/null
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s "$SCALE" bench 2>/dev/null
 as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P1" -U postgres -D "$OUT/replica" -R -X stream --checkpoint=fast
 echo "primary_conninfo = 'host=127.0.0.1 port=$P1 user=postgres application_name=replica'" |
   as_pg tee -a "$OUT/replica/postgresql.auto.conf" >/dev/null
@@ -58,13 +59,14 @@ as_pg "$PGBIN/pg_ctl" -D "$OUT/replica" -l "$OUT/replica.log" -w \
 psql_p() { "$PGBIN/psql" -h 127.0.0.1 -p "$1" -U postgres -d bench -Atqc "$2"; }
 until [[ $(psql_p "$P2" "SELECT count(*) FROM pgbench_branches") == "$SCALE" ]]; do sleep 0.2; done
 ROWS=$(psql_p "$P1" "SELECT (SELECT count(*) FROM pgbench_accounts) + (SELECT count(*) FROM pgbench_branches) + (SELECT count(*) FROM pgbench_tellers)")
+DBSIZE=$(psql_p "$P1" "SELECT pg_database_size('bench')")
 URL="postgresql://postgres@127.0.0.1:$P1,127.0.0.1:$P2/bench"
 
-# Runs "$@" while pgbench writes on the primary; prints "seconds bytes tps".
+# Runs "$@" while pgbench writes on the primary; sets RESULT to "seconds bytes tps".
 measure() {
   local file=$1; shift
   rm -rf "$OUT/run" "$OUT/run.dump"
-  as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -c "$CLIENTS" -T 600 -n bench >"$OUT/pgbench.out" 2>&1 &
+  "$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -c "$CLIENTS" -T 600 -n bench >"$OUT/pgbench.out" 2>&1 &
   local load=$!
   sleep 1
   local t0 t1 tx0 tx1
@@ -73,17 +75,17 @@ measure() {
   "$@" >/dev/null
   t1=$(date +%s.%N)
   tx1=$(psql_p "$P1" "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")
-  kill -INT "$load" 2>/dev/null || true
+  kill -TERM "$load" 2>/dev/null || true  # (SIGINT is ignored by background jobs of a script)
   wait "$load" 2>/dev/null || true
   local bytes
   bytes=$(stat -c %s "$file")
-  python3 -c "import sys; t=$t1-$t0; print(f'{t:.2f} $bytes {($tx1-$tx0)/t:.0f}')"
+  RESULT=$(python3 -c "t=$t1-$t0; print(f'{t:.2f} $bytes {($tx1-$tx0)/t:.0f}')")
 }
 
 declare -A total_s total_b total_tps
 for kind in replica primary fingerprints; do total_s[$kind]=0; total_b[$kind]=0; total_tps[$kind]=0; done
-add() { # kind "seconds bytes tps"
-  read -r s b tps <<<"$2"
+add() { # kind; reads RESULT ("seconds bytes tps")
+  read -r s b tps <<<"$RESULT"
   total_s[$1]=$(python3 -c "print(${total_s[$1]} + $s)")
   total_b[$1]=$(( ${total_b[$1]} + b ))
   total_tps[$1]=$(python3 -c "print(${total_tps[$1]} + $tps)")
@@ -91,26 +93,29 @@ add() { # kind "seconds bytes tps"
 }
 for round in $(seq "$ROUNDS"); do
   say "round $round"
-  add replica "$(measure "$OUT/run/bench.dump" "$BOOKSTORE" backup --url "$URL" --database bench --out "$OUT/run" \
-    --state-dir "$OUT/state" --no-fingerprints --quiet)"
-  add primary "$(measure "$OUT/run.dump" as_pg "$PGBIN/pg_dump" -h 127.0.0.1 -p "$P1" -U postgres -Fc -f "$OUT/run.dump" bench)"
-  add fingerprints "$(measure "$OUT/run/bench.dump" "$BOOKSTORE" backup --url "$URL" --database bench --out "$OUT/run" \
-    --state-dir "$OUT/state" --quiet)"
-  as_pg rm -f "$OUT/run.dump"
+  measure "$OUT/run/bench.dump" "$BOOKSTORE" backup --url "$URL" --database bench --out "$OUT/run" \
+    --state-dir "$OUT/state" --no-fingerprints --quiet
+  add replica
+  measure "$OUT/run.dump" "$PGBIN/pg_dump" -h 127.0.0.1 -p "$P1" -U postgres -Fc -f "$OUT/run.dump" bench
+  add primary
+  measure "$OUT/run/bench.dump" "$BOOKSTORE" backup --url "$URL" --database bench --out "$OUT/run" \
+    --state-dir "$OUT/state" --quiet
+  add fingerprints
 done
 
 echo
-echo "backup of pgbench scale $SCALE ($ROWS rows), $ROUNDS rounds, pgbench -c $CLIENTS writing on the primary meanwhile"
-printf '%-44s %8s %8s %12s %14s\n' "" "s" "MB/s" "rows/s" "primary tps"
+echo "backup of pgbench scale $SCALE ($ROWS rows, database $((DBSIZE / 1000000)) MB), $ROUNDS rounds, pgbench -c $CLIENTS writing on the primary meanwhile"
+echo "MB/s = database size ÷ time (what was read); dump MB = the compressed custom-format file"
+printf '%-44s %8s %8s %8s %12s %14s\n' "" "s" "MB/s" "dump MB" "rows/s" "primary tps"
 for kind in replica primary fingerprints; do
   case $kind in
     replica) label="bookstore backup (replica, paused)";;
     primary) label="pg_dump -Fc of the primary";;
     fingerprints) label="bookstore backup + fingerprints";;
   esac
-  python3 - "$label" "${total_s[$kind]}" "${total_b[$kind]}" "${total_tps[$kind]}" "$ROUNDS" "$ROWS" <<'PY'
+  python3 - "$label" "${total_s[$kind]}" "${total_b[$kind]}" "${total_tps[$kind]}" "$ROUNDS" "$ROWS" "$DBSIZE" <<'PY'
 import sys
-label, s, b, tps, rounds, rows = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-print(f"{label:<44} {s/rounds:8.2f} {b/s/1e6:8.1f} {rows*rounds/s:12.0f} {tps/rounds:14.0f}")
+label, s, b, tps, rounds, rows, db = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+print(f"{label:<44} {s/rounds:8.2f} {db*rounds/s/1e6:8.1f} {b/rounds/1e6:8.1f} {rows*rounds/s:12.0f} {tps/rounds:14.0f}")
 PY
 done
