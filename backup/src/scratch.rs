@@ -2,9 +2,8 @@
 //! as the `postgres` OS user when we are root), for `restore --scratch` and `--verify`. It stops and
 //! its directory is deleted when dropped.
 
-use nix::sys::signal::Signal;
 use stack::os_user;
-use stack::postgres::{self, PgBinaries, PgServer, PgSettings, StartOptions};
+use stack::postgres::{self, PgBinaries, PgServer, StartOptions};
 
 use crate::url::ClusterUrl;
 
@@ -24,18 +23,8 @@ impl Scratch {
         let data_dir = dir.path().join("data");
         // Thrown away afterwards: no need to wait for initdb's fsyncs.
         postgres::init_cluster_with(bins, &data_dir, &password, run_as, &["--no-sync"]).await?;
-        let server = postgres::start_on_free_port(bins, |port| StartOptions {
-            data_dir: data_dir.clone(),
-            socket_dir: dir.path().join("run"),
-            log_file: dir.path().join("postgres.log"),
-            port,
-            superuser_password: password.clone(),
-            run_as,
-            settings: PgSettings {
-                durable: false,
-                ..PgSettings::default()
-            },
-            on_parent_death: Signal::SIGQUIT,
+        let server = postgres::start_on_free_port(bins, |port| {
+            StartOptions::throwaway(dir.path(), port, &password, run_as)
         })
         .await?;
         Ok(Scratch {

@@ -162,6 +162,26 @@ pub struct StartOptions {
     pub on_parent_death: Signal,
 }
 
+impl StartOptions {
+    /// A throw-away server whose data is `<dir>/data` (socket and log in `dir` too): fsync off, and
+    /// an immediate stop (SIGQUIT) if we die first. For tests and scratch restores.
+    pub fn throwaway(dir: &Path, port: u16, password: &str, run_as: Option<RunAs>) -> StartOptions {
+        StartOptions {
+            data_dir: dir.join("data"),
+            socket_dir: dir.join("run"),
+            log_file: dir.join("postgres.log"),
+            port,
+            superuser_password: password.to_owned(),
+            run_as,
+            settings: PgSettings {
+                durable: false,
+                ..PgSettings::default()
+            },
+            on_parent_death: Signal::SIGQUIT,
+        }
+    }
+}
+
 /// Starts the server and waits until it accepts connections. A port taken by someone else is a clear
 /// error (`PortInUse`) so callers can pick another.
 pub async fn start(bins: &PgBinaries, options: &StartOptions) -> anyhow::Result<PgServer> {

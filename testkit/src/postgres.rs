@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::Signal;
 use stack::os_user::{self, RunAs};
-use stack::postgres::{self, PgBinaries, PgServer, PgSettings, StartOptions};
+use stack::postgres::{self, PgBinaries, PgServer, StartOptions};
 
 /// The superuser password of every test cluster; they listen on loopback only and live for one test.
 pub(crate) const TEST_PASSWORD: &str = "testkit";
@@ -38,19 +37,8 @@ impl TestPostgres {
         run_as: Option<RunAs>,
         dir: tempfile::TempDir,
     ) -> anyhow::Result<TestPostgres> {
-        let data_dir = dir.path().join("data");
-        let server = postgres::start_on_free_port(bins, |port| StartOptions {
-            data_dir: data_dir.clone(),
-            socket_dir: dir.path().join("run"),
-            log_file: dir.path().join("postgres.log"),
-            port,
-            superuser_password: TEST_PASSWORD.into(),
-            run_as,
-            settings: PgSettings {
-                durable: false,
-                ..PgSettings::default()
-            },
-            on_parent_death: Signal::SIGQUIT,
+        let server = postgres::start_on_free_port(bins, |port| {
+            StartOptions::throwaway(dir.path(), port, TEST_PASSWORD, run_as)
         })
         .await?;
         Ok(TestPostgres {
