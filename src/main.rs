@@ -40,6 +40,10 @@ enum Command {
     Orders(ComponentArgs),
     /// Run a transaction coordinator instance (two-phase commit and sagas for checkout).
     Coordinator(ComponentArgs),
+    /// Back up databases from a paused replica of a cluster (multi-host URL), with a manifest.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new database or a scratch server; --verify compares it with the source.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -99,6 +103,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Books(args) => component("books", args, run_books).await,
         Command::Orders(args) => component("orders", args, run_orders).await,
         Command::Coordinator(args) => component("coordinator", args, run_coordinator).await,
+        Command::Backup(args) => backup::backup::run(args).await,
+        Command::Restore(args) => backup::restore::run(args).await,
     }
 }
 

@@ -79,6 +79,18 @@ pub async fn init_cluster(
     password: &str,
     run_as: Option<RunAs>,
 ) -> anyhow::Result<()> {
+    init_cluster_with(bins, data_dir, password, run_as, &[]).await
+}
+
+/// [`init_cluster`] with extra initdb arguments (e.g. `--no-sync` for a throw-away cluster, which
+/// halves initdb's time on a busy disk).
+pub async fn init_cluster_with(
+    bins: &PgBinaries,
+    data_dir: &Path,
+    password: &str,
+    run_as: Option<RunAs>,
+    extra_args: &[&str],
+) -> anyhow::Result<()> {
     let parent = data_dir
         .parent()
         .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", data_dir.display()))?;
@@ -101,6 +113,7 @@ pub async fn init_cluster(
             "C.UTF-8",
         ])
         .args(["--auth-local", "trust", "--auth-host", "scram-sha-256"])
+        .args(extra_args)
         .arg(format!("--pwfile={}", pwfile.display()));
     if let Some(user) = run_as {
         command.uid(user.uid).gid(user.gid);
@@ -147,6 +160,26 @@ pub struct StartOptions {
     /// Sent to the postmaster if we die first: SIGINT (fast shutdown) for a launcher,
     /// SIGQUIT (immediate) for throw-away test servers.
     pub on_parent_death: Signal,
+}
+
+impl StartOptions {
+    /// A throw-away server whose data is `<dir>/data` (socket and log in `dir` too): fsync off, and
+    /// an immediate stop (SIGQUIT) if we die first. For tests and scratch restores.
+    pub fn throwaway(dir: &Path, port: u16, password: &str, run_as: Option<RunAs>) -> StartOptions {
+        StartOptions {
+            data_dir: dir.join("data"),
+            socket_dir: dir.join("run"),
+            log_file: dir.join("postgres.log"),
+            port,
+            superuser_password: password.to_owned(),
+            run_as,
+            settings: PgSettings {
+                durable: false,
+                ..PgSettings::default()
+            },
+            on_parent_death: Signal::SIGQUIT,
+        }
+    }
 }
 
 /// Starts the server and waits until it accepts connections. A port taken by someone else is a clear
@@ -199,6 +232,23 @@ pub async fn start(bins: &PgBinaries, options: &StartOptions) -> anyhow::Result<
             Err(e)
         }
     }
+}
+
+/// Starts a server on a probed free loopback port, retrying (5 times) when another process takes
+/// the port between the probe and the bind. `options(port)` describes the server on that port.
+pub async fn start_on_free_port(
+    bins: &PgBinaries,
+    options: impl Fn(u16) -> StartOptions,
+) -> anyhow::Result<PgServer> {
+    let mut last_error = None;
+    for _ in 0..5 {
+        match start(bins, &options(crate::ports::free_port()?)).await {
+            Ok(server) => return Ok(server),
+            Err(e) if e.is::<PortInUse>() => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port for PostgreSQL")))
 }
 
 /// Start-up failed because the port was taken; retry elsewhere.
@@ -290,6 +340,18 @@ impl PgServer {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.process.stop(Duration::from_secs(30)).await?;
         Ok(())
+    }
+
+    /// Immediate shutdown (SIGQUIT) and a short wait, callable from `Drop`: for throw-away servers
+    /// whose data is deleted anyway.
+    pub fn stop_immediately(&mut self) {
+        let _ = self.process.signal(Signal::SIGQUIT);
+        for _ in 0..100 {
+            if self.process.exited().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn process_mut(&mut self) -> &mut Supervised {

@@ -8,8 +8,10 @@ pub mod instances;
 pub mod platform;
 pub mod postgres;
 pub mod redis;
+pub mod replication;
 
 pub use cluster::TestCluster;
 pub use platform::TestPlatform;
 pub use postgres::TestPostgres;
 pub use redis::TestRedis;
+pub use replication::{ReplicaOptions, TestReplicaSet};

@@ -3,14 +3,12 @@
 //! fraction of initdb's time, and starts its own server on a free port with fsync off.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use stack::os_user::{self, RunAs};
-use stack::postgres::{self, PgBinaries, PgServer, PgSettings, PortInUse, StartOptions};
+use stack::postgres::{self, PgBinaries, PgServer, StartOptions};
 
 /// The superuser password of every test cluster; they listen on loopback only and live for one test.
-const TEST_PASSWORD: &str = "testkit";
+pub(crate) const TEST_PASSWORD: &str = "testkit";
 /// Bump when the template's initdb options change, so stale caches are not reused.
 const TEMPLATE_VERSION: &str = "v2";
 
@@ -30,33 +28,28 @@ impl TestPostgres {
         os_user::hand_over(dir.path(), run_as)?;
         let data_dir = dir.path().join("data");
         copy_dir(&template, &data_dir).await?;
-        let mut last_error = None;
-        for _ in 0..5 {
-            let options = StartOptions {
-                data_dir: data_dir.clone(),
-                socket_dir: dir.path().join("run"),
-                log_file: dir.path().join("postgres.log"),
-                port: stack::ports::free_port()?,
-                superuser_password: TEST_PASSWORD.into(),
-                run_as,
-                settings: PgSettings {
-                    durable: false,
-                    ..PgSettings::default()
-                },
-                on_parent_death: Signal::SIGQUIT,
-            };
-            match postgres::start(&bins, &options).await {
-                Ok(server) => {
-                    return Ok(TestPostgres {
-                        server: Some(server),
-                        _dir: dir,
-                    });
-                }
-                Err(e) if e.is::<PortInUse>() => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port for PostgreSQL")))
+        Self::start_in(&bins, run_as, dir).await
+    }
+
+    /// Starts the server whose data directory is `<dir>/data` on a free port (retried if taken).
+    pub(crate) async fn start_in(
+        bins: &PgBinaries,
+        run_as: Option<RunAs>,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<TestPostgres> {
+        let server = postgres::start_on_free_port(bins, |port| {
+            StartOptions::throwaway(dir.path(), port, TEST_PASSWORD, run_as)
+        })
+        .await?;
+        Ok(TestPostgres {
+            server: Some(server),
+            _dir: dir,
+        })
+    }
+
+    /// The server's directory (data in `data/`, log in `postgres.log`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     fn server(&self) -> &PgServer {
@@ -92,14 +85,7 @@ impl Drop for TestPostgres {
     fn drop(&mut self) {
         // Immediate shutdown: the data is thrown away with the directory anyway.
         if let Some(mut server) = self.server.take() {
-            let process = server.process_mut();
-            let _ = process.signal(Signal::SIGQUIT);
-            for _ in 0..100 {
-                if process.exited().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            server.stop_immediately();
         }
     }
 }

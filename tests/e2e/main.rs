@@ -2,6 +2,7 @@
 //! instances, gateway) driven through the gateway, as a user would.
 
 mod authz;
+mod backup;
 mod cache;
 mod checkout;
 mod cli;
