@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use testkit::replication::{wait_for, wait_sql};
-use testkit::{ReplicaOptions, TestReplicaSet};
+use testkit::{ReplicaOptions, TestCluster, TestReplicaSet};
 
 use crate::bookstore;
 
@@ -66,10 +66,19 @@ fn path(p: &Path) -> &str {
 /// A `bank` database with accounts that transfers move money between (the sum never changes) and a
 /// ledger of those transfers.
 async fn create_bank(set: &TestReplicaSet) -> anyhow::Result<PgPool> {
-    let admin = PgPool::connect(&set.primary.admin_url("postgres")).await?;
+    create_bank_at(
+        &set.primary.admin_url("postgres"),
+        &set.primary.admin_url("bank"),
+    )
+    .await
+}
+
+/// [`create_bank`] on any primary, given its superuser URLs for `postgres` and `bank`.
+async fn create_bank_at(postgres_url: &str, bank_url: &str) -> anyhow::Result<PgPool> {
+    let admin = PgPool::connect(postgres_url).await?;
     sqlx::query("CREATE DATABASE bank").execute(&admin).await?;
     admin.close().await;
-    let bank = PgPool::connect(&set.primary.admin_url("bank")).await?;
+    let bank = PgPool::connect(bank_url).await?;
     sqlx::raw_sql(
         "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
          CREATE TABLE transfers (id bigserial PRIMARY KEY, src bigint, dst bigint, amount bigint,
@@ -619,4 +628,75 @@ fn a_malformed_url_is_one_clear_sentence_naming_the_fault() {
         assert!(stderr.contains(expected), "{url}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
     }
+}
+
+/// The same command against the Patroni cluster `bookstore up` runs: given every member in one URL
+/// it recognises the passive member from SQL alone, backs up from it while transfers commit on the
+/// leader, resumes its replay, and the restore verifies with the money sum intact.
+#[tokio::test]
+async fn a_backup_of_the_patroni_cluster_comes_from_its_passive_member() -> anyhow::Result<()> {
+    let test = TestCluster::start(3).await?;
+    let cluster = test.cluster();
+    let leader = test.leader().await?;
+    let bank = create_bank_at(
+        &cluster.admin_url(leader, "postgres"),
+        &cluster.admin_url(leader, "bank"),
+    )
+    .await?;
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let writer = spawn_writer(bank, stop.clone(), done.clone());
+    wait_for(Duration::from_secs(30), "some transfers", || {
+        let n = done.load(Ordering::Relaxed);
+        async move { Ok(n >= 20) }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("b");
+    let state = dir.path().join("state");
+    let url = cluster.admin_cluster_url("bank");
+    let backup = {
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || run_backup(&url, &out, &state, &[])).await?
+    };
+    stop.store(true, Ordering::Relaxed);
+    writer.await??;
+    assert!(backup.status.success(), "{}", text(&backup));
+
+    let passive = cluster
+        .members
+        .iter()
+        .find(|m| m.spec.passive)
+        .ok_or_else(|| anyhow::anyhow!("a 3-member test cluster has a passive member"))?;
+    let m = manifest(&out)?;
+    assert_eq!(m["role"], "replica");
+    assert_eq!(m["node"], format!("127.0.0.1:{}", passive.spec.pg_port));
+    assert_eq!(
+        pause_state(&cluster.admin_url(passive, "postgres")).await?,
+        "not paused",
+        "replay resumed on the passive member"
+    );
+    let restore = run(&[
+        "restore",
+        "--from",
+        path(&out),
+        "--into-database",
+        "bank_restored",
+        "--url",
+        &cluster.admin_url(leader, "postgres"),
+        "--verify",
+    ]);
+    assert!(restore.status.success(), "{}", text(&restore));
+    let mut restored = PgConnection::connect(&cluster.admin_url(leader, "bank_restored")).await?;
+    let sum: i64 = sqlx::query_scalar("SELECT sum(balance)::bigint FROM accounts")
+        .fetch_one(&mut restored)
+        .await?;
+    assert_eq!(
+        sum,
+        ACCOUNTS * OPENING_BALANCE,
+        "money is conserved in the backup"
+    );
+    Ok(())
 }

@@ -221,6 +221,11 @@ impl Cluster {
         )
     }
 
+    /// A superuser multi-host URL listing every member (operator tools such as `bookstore backup`).
+    pub fn admin_cluster_url(&self, database: &str) -> String {
+        self.url(SUPERUSER, &self.superuser_password, database)
+    }
+
     /// A superuser URL for `database` on one member.
     pub fn admin_url(&self, member: &Member, database: &str) -> String {
         format!(
