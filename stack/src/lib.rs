@@ -12,3 +12,4 @@ pub mod redis;
 pub mod state;
 pub mod status;
 pub mod up;
+pub mod warehouse;

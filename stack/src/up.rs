@@ -204,6 +204,7 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
             spawn(running, &exe, &format!("{kind}-{n}"), kind, &env).await?;
         }
     }
+    start_warehouse(running, &exe, &registry, &secrets).await?;
     step(progress, "starting the gateway");
     let mut gateway_env = vec![
         (
@@ -225,6 +226,25 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     }
     running.state.ready = true;
     running.state.write(&running.dir)
+}
+
+/// One warehouse process (the scheduled ETL and the reports; see docs/WAREHOUSE.md).
+async fn start_warehouse(
+    running: &mut Running,
+    exe: &Path,
+    registry: &str,
+    secrets: &Secrets,
+) -> anyhow::Result<()> {
+    let server = running
+        .postgres
+        .as_ref()
+        .context("PostgreSQL is not running")?;
+    let mut env = crate::warehouse::prepare(server, &running.dir).await?;
+    env.push(("BOOKSTORE_HTTP__LISTEN", "127.0.0.1:0".to_string()));
+    env.push(("BOOKSTORE_REGISTRY__URL", registry.to_string()));
+    env.extend(secrets.auth_env());
+    spawn(running, exe, "warehouse", "warehouse", &env).await?;
+    Ok(())
 }
 
 fn step(progress: &ProgressBar, message: &'static str) {
