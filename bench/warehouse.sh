@@ -68,7 +68,7 @@ for db in books orders; do "${PSQL[@]}" -d $db -c "VACUUM ANALYZE"; done
 export BOOKSTORE_DB__URL="postgres://postgres@127.0.0.1:$PORT/warehouse"
 export BOOKSTORE_SOURCES__BOOKS__URL="postgres://postgres@127.0.0.1:$PORT/books"
 export BOOKSTORE_SOURCES__ORDERS__URL="postgres://postgres@127.0.0.1:$PORT/orders"
-export CI=1 RUST_LOG=warn
+export CI=1 RUST_LOG=error
 seconds() { local start end; start=$(date +%s.%N); "$BOOKSTORE" warehouse load "$@" >"$WORK/load.out"; end=$(date +%s.%N); cat "$WORK/load.out" >&2; python3 -c "print($end - $start)"; }
 full=$(seconds --full)
 
