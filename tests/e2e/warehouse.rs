@@ -56,10 +56,7 @@ async fn every_committed_checkout_reaches_the_reports_while_loads_run() -> anyho
     wait_for_success(shop, &admin, &run).await?;
     let report: Value = shop
         .client
-        .get(format!(
-            "{}/api/reports/sales?group_by=genre&from=2000-01-01&to=2099-12-31",
-            shop.gateway
-        ))
+        .get(format!("{}/api/reports/sales?group_by=genre", shop.gateway))
         .bearer_auth(&admin)
         .send()
         .await?

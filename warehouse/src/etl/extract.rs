@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::watermark::{changed_since, snapshot_xmax};
+use super::watermark::{changed_since, snapshot_xmax, window};
 
 /// An open read of one source database at one snapshot.
 pub struct Source {
@@ -66,8 +66,8 @@ impl Source {
         Ok(self.snapshot)
     }
 
-    /// Streams `sql`'s rows; `$1` is the `since` watermark (NULL: everything), `$2` the snapshot's
-    /// `xmax`.
+    /// Streams `sql`'s rows; `$1`/`$2` bind the window from `since` to this snapshot (NULL: every
+    /// row).
     fn stream<'a, R>(
         &'a mut self,
         sql: &'static str,
@@ -77,9 +77,10 @@ impl Source {
         R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin + 'a,
     {
         let name = self.name;
+        let window = window(since, self.xmax);
         sqlx::query_as::<_, R>(sql)
-            .bind(since)
-            .bind(self.xmax)
+            .bind(window.map(|(low, _)| low))
+            .bind(window.map_or(0, |(_, span)| span))
             .fetch(&mut *self.tx)
             .map_err(move |e| {
                 anyhow::Error::new(e).context(format!("Failed to read from the {name} database"))
@@ -98,7 +99,7 @@ impl Source {
     /// The lines of every order written since the watermark (whatever its status: the loader
     /// keeps committed orders and removes the others).
     pub fn sales(&mut self, since: Option<i64>) -> BoxStream<'_, anyhow::Result<SaleRow>> {
-        let sql = if since.is_some() {
+        let sql = if window(since, self.xmax).is_some() {
             SALES_SINCE_SQL.as_str()
         } else {
             SALES_ALL_SQL
@@ -160,14 +161,14 @@ static BOOKS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "SELECT b.id, b.isbn, b.title, b.author, b.genre, b.price_cents, b.updated_at,
                 b.deleted_at IS NOT NULL AS deleted
          FROM books b WHERE {}",
-        changed_since("b", "$1", "$2")
+        changed_since("b")
     )
 });
 
 static CUSTOMERS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT c.id, c.email, c.name, c.created_at FROM customers c WHERE {}",
-        changed_since("c", "$1", "$2")
+        changed_since("c")
     )
 });
 
@@ -184,8 +185,8 @@ static SALES_SINCE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
          FROM changed c
          JOIN orders o ON o.id = c.id
          JOIN order_lines l ON l.order_id = o.id",
-        changed_since("o", "$1", "$2"),
-        changed_since("l", "$1", "$2")
+        changed_since("o"),
+        changed_since("l")
     )
 });
 
@@ -195,11 +196,11 @@ const SALES_ALL_SQL: &str =
     "SELECT o.id AS order_id, l.line_no, o.customer_id, l.book_id, o.mode, o.status,
             l.quantity, l.price_cents, o.created_at
      FROM orders o JOIN order_lines l ON l.order_id = o.id
-     WHERE $1::bigint IS NULL AND $2::bigint IS NOT NULL";
+     WHERE $1::bigint IS NULL AND $2::bigint >= 0";
 
 static RATINGS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT r.customer_id, r.book_id, r.rating_id, r.stars, r.rated_at FROM ratings r WHERE {}",
-        changed_since("r", "$1", "$2")
+        changed_since("r")
     )
 });

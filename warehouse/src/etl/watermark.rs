@@ -17,10 +17,10 @@
 //! of the window's lower edge may be read twice; the loads are idempotent upserts, so that costs a
 //! little work and never a duplicate.
 //!
-//! Row ids are 32-bit (`xid`), snapshots 64-bit (`xid8`, with the wraparound epoch): a row's id is
-//! widened with the epoch of the snapshot's `xmax` (the row is visible, so it is older than `xmax`
-//! and at most 2^31 transactions old unless frozen). A frozen row widened into the wrong epoch can
-//! only look newer than it is — read again, never missed.
+//! Row ids are 32-bit (`xid`), snapshots 64-bit (`xid8`, with the wraparound epoch): rows are
+//! compared in 32-bit modular arithmetic within the window `[watermark, xmax)` (see [`window`]),
+//! one conversion per row. A frozen row may fall inside the window by accident — read again, never
+//! missed.
 
 use std::collections::BTreeMap;
 
@@ -96,19 +96,23 @@ pub fn snapshot_xmax(snapshot: &str) -> Option<i64> {
     snapshot.split(':').nth(1)?.parse().ok()
 }
 
-/// SQL: the 64-bit id of the transaction that wrote `alias`'s row version, given the reading
-/// snapshot's `xmax` as bigint parameter `$xmax` (see the module docs for the widening).
-pub fn row_xid8(alias: &str, xmax_param: &str) -> String {
-    let widened = format!("((({xmax_param} >> 32) << 32) | ({alias}.xmin::text::bigint))");
-    format!("(CASE WHEN {widened} >= {xmax_param} THEN {widened} - 4294967296 ELSE {widened} END)")
+/// The bounds a read binds: `$1` = the watermark's low 32 bits, `$2` = how many transaction ids
+/// lie between the watermark and the reading snapshot's `xmax`. `None` reads everything: no
+/// watermark, or one that does not fit a 2^31 window below `xmax` (a source restored from an older
+/// backup, or unread for two billion transactions), where 32-bit ids could not be compared safely.
+pub fn window(since: Option<i64>, xmax: i64) -> Option<(i64, i64)> {
+    let since = since?;
+    let span = xmax - since;
+    (span > 0 && span < (1 << 31)).then_some((since & 0xFFFF_FFFF, span))
 }
 
-/// SQL: whether `alias`'s row must be read — always when `$since` is NULL, else when its writer is
-/// not older than `$since`.
-pub fn changed_since(alias: &str, since_param: &str, xmax_param: &str) -> String {
+/// SQL: whether `alias`'s row must be read — always when `$1` is NULL, else when its writer's id
+/// lies in the window: its distance above the watermark, modulo 2^32, is below the span. Rows
+/// written at or above the snapshot's `xmax` are invisible anyway; a frozen row from an earlier
+/// epoch may fall inside by accident and is read again, never missed.
+pub fn changed_since(alias: &str) -> String {
     format!(
-        "({since_param}::bigint IS NULL OR {} >= {since_param}::bigint)",
-        row_xid8(alias, xmax_param)
+        "($1::bigint IS NULL OR ((({alias}.xmin::text::bigint) - $1::bigint) & 4294967295) < $2::bigint)"
     )
 }
 
@@ -131,5 +135,27 @@ mod tests {
         marks.set("orders", "4294967400:4294967410:4294967400".into());
         assert_eq!(marks.since("orders"), Some(4_294_967_400));
         assert_eq!(marks.since("books"), None);
+    }
+
+    #[test]
+    fn the_window_spans_from_the_watermark_to_the_snapshot_across_an_epoch() {
+        // Watermark just below 2^32, snapshot just above: low 32 bits wrap, the span does not.
+        let (low, span) = window(Some(4_294_967_290), 4_294_967_306).expect("a window");
+        assert_eq!((low, span), (4_294_967_290, 16));
+        // A row written by xid 2^32 + 3 (low bits 3) is inside: (3 - low) mod 2^32 = 9 < 16.
+        assert!(((3 - low) & 0xFFFF_FFFF) < span);
+        // One written by the watermark's predecessor is not: its distance wraps to ~2^32.
+        assert!(((4_294_967_289 - low) & 0xFFFF_FFFF) >= span);
+        assert_eq!(window(None, 10), None);
+        assert_eq!(
+            window(Some(20), 10),
+            None,
+            "a watermark above xmax reads everything"
+        );
+        assert_eq!(
+            window(Some(1), 1 << 40),
+            None,
+            "too wide a window reads everything"
+        );
     }
 }
