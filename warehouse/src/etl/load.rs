@@ -176,27 +176,34 @@ fn first_column(rows: &[sqlx::postgres::PgRow]) -> anyhow::Result<Vec<Uuid>> {
 }
 
 /// Points the facts of `book_ids` (and any fact still without a version) at the book version
-/// valid when they were sold.
+/// valid when they were sold. Two statements, so each finds its rows through an index
+/// (`fact_sales_book_date_idx`, `fact_sales_unresolved_book_idx`) instead of scanning every fact.
 pub async fn resolve_book_keys(
     tx: &mut Tx,
     book_ids: &[Uuid],
     rows: &mut RowCounts,
 ) -> anyhow::Result<()> {
-    let n = sqlx::query(
-        "UPDATE fact_sales f SET book_key = v.book_key
-         FROM (SELECT s.order_id, s.line_no,
-                      (SELECT b.book_key FROM dim_book b
-                       WHERE b.book_id = s.book_id AND b.valid_from <= s.sold_at AND s.sold_at < b.valid_to)
-                      AS book_key
-               FROM fact_sales s
-               WHERE s.book_id = ANY($1) OR s.book_key IS NULL) v
-         WHERE f.order_id = v.order_id AND f.line_no = v.line_no
-           AND f.book_key IS DISTINCT FROM v.book_key",
-    )
-    .bind(book_ids)
+    const VERSION: &str = "(SELECT b.book_key FROM dim_book b
+         WHERE b.book_id = f.book_id AND b.valid_from <= f.sold_at AND f.sold_at < b.valid_to)";
+    let mut n = 0;
+    if !book_ids.is_empty() {
+        n += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE fact_sales f SET book_key = {VERSION}
+             WHERE f.book_id = ANY($1) AND f.book_key IS DISTINCT FROM {VERSION}"
+        )))
+        .bind(book_ids)
+        .execute(&mut **tx)
+        .await
+        .context("Failed to re-key the facts of changed books")?
+        .rows_affected();
+    }
+    n += sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE fact_sales f SET book_key = {VERSION}
+         WHERE f.book_key IS NULL AND {VERSION} IS NOT NULL"
+    )))
     .execute(&mut **tx)
     .await
-    .context("Failed to resolve the facts' book versions")?
+    .context("Failed to resolve facts without a book version")?
     .rows_affected();
     add(rows, "fact_sales", n);
     Ok(())
