@@ -44,6 +44,26 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into a new database or a scratch server; --verify compares it with the source.
     Restore(backup::RestoreArgs),
+    /// Run the data warehouse (scheduled ETL + reports API), or `warehouse load` for one load now.
+    Warehouse(WarehouseArgs),
+}
+
+#[derive(clap::Args)]
+struct WarehouseArgs {
+    #[command(flatten)]
+    component: ComponentArgs,
+    #[command(subcommand)]
+    action: Option<WarehouseAction>,
+}
+
+#[derive(Subcommand)]
+enum WarehouseAction {
+    /// Run one load now, with progress, and exit (non-zero if it failed).
+    Load {
+        /// Read every source row instead of the rows committed since the last successful run.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -105,6 +125,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Coordinator(args) => component("coordinator", args, run_coordinator).await,
         Command::Backup(args) => backup::backup::run(args).await,
         Command::Restore(args) => backup::restore::run(args).await,
+        Command::Warehouse(WarehouseArgs {
+            component: args,
+            action: Some(WarehouseAction::Load { full }),
+        }) => warehouse::cli::load(args.config.as_deref(), full).await,
+        Command::Warehouse(args) => component("warehouse", args.component, run_warehouse).await,
     }
 }
 
@@ -180,6 +205,22 @@ async fn run_coordinator(file: Option<PathBuf>, shutdown: CancellationToken) -> 
     let serve = |stop| app.run_until_stopped(stop);
     serve_registered(
         "coordinator",
+        addr,
+        config.registry,
+        config.drain_after_deregister_ms,
+        shutdown,
+        serve,
+    )
+    .await
+}
+
+async fn run_warehouse(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config: Registered<warehouse::Config> = platform::config::load(file.as_deref())?;
+    let app = warehouse::Application::build(config.service).await?;
+    let addr = app.local_addr();
+    let serve = |stop| app.run_until_stopped(stop);
+    serve_registered(
+        "warehouse",
         addr,
         config.registry,
         config.drain_after_deregister_ms,

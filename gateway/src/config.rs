@@ -83,6 +83,7 @@ impl Default for Config {
                 route("/api/checkout", "orders"),
                 route("/api/customers", "orders"),
                 route("/api/orders", "orders"),
+                route("/api/reports", "warehouse"),
             ],
             upstream: UpstreamConfig::default(),
             auth: platform::auth::AuthConfig::default(),

@@ -59,7 +59,8 @@ mod tests {
         assert_eq!(table.resolve("/api/books/123"), Some("books"));
         assert_eq!(table.resolve("/api/customers/1/orders"), Some("orders"));
         assert_eq!(table.resolve("/api/orders/1"), Some("orders"));
-        assert_eq!(table.services(), vec!["books", "orders"]);
+        assert_eq!(table.resolve("/api/reports/sales"), Some("warehouse"));
+        assert_eq!(table.services(), vec!["books", "orders", "warehouse"]);
     }
 
     #[test]

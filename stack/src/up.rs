@@ -215,6 +215,7 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
             spawn(running, &exe, &format!("{kind}-{n}"), kind, &env).await?;
         }
     }
+    start_warehouse(running, &exe, &registry, &secrets, &db_hosts).await?;
     step(progress, "starting the gateway");
     let mut gateway_env = vec![
         (
@@ -236,6 +237,39 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     }
     running.state.ready = true;
     running.state.write(&running.dir)
+}
+
+/// One warehouse process (the scheduled ETL and the reports; see docs/WAREHOUSE.md). Its database
+/// and the read-only `warehouse_reader` role it extracts with come from the shipped accounts.
+async fn start_warehouse(
+    running: &mut Running,
+    exe: &Path,
+    registry: &str,
+    secrets: &Secrets,
+    db_hosts: &str,
+) -> anyhow::Result<()> {
+    let url = |role: &str, database: &str| {
+        format!(
+            "postgres://{role}:{}@{db_hosts}/{database}",
+            secrets.password_for(role)
+        )
+    };
+    let mut env = vec![
+        ("BOOKSTORE_DB__URL", url("warehouse", "warehouse")),
+        (
+            "BOOKSTORE_SOURCES__BOOKS__URL",
+            url("warehouse_reader", "books"),
+        ),
+        (
+            "BOOKSTORE_SOURCES__ORDERS__URL",
+            url("warehouse_reader", "orders"),
+        ),
+        ("BOOKSTORE_HTTP__LISTEN", "127.0.0.1:0".to_string()),
+        ("BOOKSTORE_REGISTRY__URL", registry.to_string()),
+    ];
+    env.extend(secrets.auth_env());
+    spawn(running, exe, "warehouse", "warehouse", &env).await?;
+    Ok(())
 }
 
 fn step(progress: &ProgressBar, message: &'static str) {

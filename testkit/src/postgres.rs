@@ -75,6 +75,21 @@ impl TestPostgres {
         Ok(self.server().url(name, &password, name))
     }
 
+    /// Applies the shipped accounts (`deploy/postgres/accounts.toml`), every role's password being
+    /// `<role>pw` as in [`service_database`](Self::service_database); returns nothing to remember:
+    /// [`role_url`](Self::role_url) builds any role's URL.
+    pub async fn apply_accounts(&self) -> anyhow::Result<()> {
+        let accounts = stack::accounts::Accounts::shipped()?;
+        self.server()
+            .apply_accounts(&accounts, |role| format!("{role}pw"))
+            .await
+    }
+
+    /// The URL of `role` (password `<role>pw`) on `database`.
+    pub fn role_url(&self, role: &str, database: &str) -> String {
+        self.server().url(role, &format!("{role}pw"), database)
+    }
+
     /// The server itself, for tests that stop or signal it.
     pub fn server_mut(&mut self) -> &mut PgServer {
         self.server.as_mut().expect("server present until drop")

@@ -207,6 +207,11 @@ async fn every_public_route_answers_each_caller_exactly_as_the_contract_says() -
         row(Method::GET, format!("/api/orders/{order}"), [401, 200, 403, 200]),
         row(Method::GET, format!("/api/customers/{unknown}"), [401, 403, 403, 404]),
         row(Method::GET, format!("/api/orders/{unknown}"), [401, 404, 404, 404]),
+        row(Method::GET, "/api/reports/sales?group_by=genre", [401, 403, 403, 200]),
+        row(Method::GET, "/api/reports/top-books?limit=5", [401, 403, 403, 200]),
+        row(Method::GET, "/api/reports/ratings", [401, 403, 403, 200]),
+        row(Method::POST, "/api/reports/loads", [401, 403, 403, 202]),
+        row(Method::GET, "/api/reports/sales?group_by=month", [401, 403, 403, 400]),
     ];
     let mut wrong = Vec::new();
     for row in &rows {

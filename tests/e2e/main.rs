@@ -14,6 +14,7 @@ mod ratings;
 mod resilience;
 mod traffic;
 mod transactions;
+mod warehouse;
 
 use std::path::Path;
 

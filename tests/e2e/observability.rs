@@ -542,9 +542,11 @@ fn observability_every_dashboard_panel_has_a_data_source_and_a_query_that_parses
             let targets = panel["targets"].as_array().cloned().unwrap_or_default();
             assert!(!targets.is_empty(), "{file}: panel {title:?} has no target");
             for target in &targets {
+                // PromQL (`expr`), or SQL (`rawSql`) for the warehouse's PostgreSQL data source.
                 assert!(
                     target["expr"]
                         .as_str()
+                        .or_else(|| target["rawSql"].as_str())
                         .is_some_and(|e| !e.trim().is_empty()),
                     "{file}: panel {title:?} has a target without a query"
                 );

@@ -1,0 +1,9 @@
+//! The warehouse against real PostgreSQL: incremental correctness under concurrent writes, late
+//! commits, idempotence, full = incremental, failures and catching up, non-overlapping runs, and
+//! the reports checked against the source data.
+
+mod consistency;
+mod failures;
+mod helpers;
+mod incremental;
+mod reports;
