@@ -48,6 +48,11 @@ if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; the
   apt_install redis-server
 fi
 
+# Monitoring that `bookstore up` starts beside the platform (skipped with --no-monitoring):
+# Prometheus (finds every instance through the registry) and Alertmanager (receives its alerts).
+command -v prometheus >/dev/null || apt_install prometheus
+command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
+
 if $want_test; then
   command -v npm >/dev/null || apt_install nodejs npm
   if ! command -v newman >/dev/null; then

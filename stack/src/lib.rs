@@ -4,6 +4,7 @@
 //! what tests start is what users run.
 
 pub mod demo;
+pub mod monitoring;
 pub mod os_user;
 pub mod ports;
 pub mod postgres;

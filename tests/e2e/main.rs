@@ -7,6 +7,7 @@ mod checkout;
 mod cli;
 mod gateway;
 mod lifecycle;
+mod monitoring;
 mod observability;
 mod ratings;
 mod resilience;
