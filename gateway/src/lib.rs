@@ -13,6 +13,7 @@ pub mod config;
 pub mod deadline;
 pub mod exchange;
 pub mod forward;
+pub mod live_metrics;
 pub mod proxy;
 pub mod rate_limit;
 pub mod retry;
@@ -50,6 +51,7 @@ impl Application {
             shutdown,
         ));
         let (router, observed) = app(&config, upstreams)?;
+        live_metrics::register(observed.clone());
         let server = Server::bind(&config.http).await?;
         Ok(Application {
             server,

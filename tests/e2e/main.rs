@@ -11,6 +11,7 @@ mod monitoring;
 mod observability;
 mod ratings;
 mod resilience;
+mod traces;
 mod traffic;
 mod transactions;
 
