@@ -60,4 +60,8 @@ if $want_test; then
     as_root npm install -g --no-audit --no-fund --loglevel=error newman@6 >/dev/null
   fi
   command -v promtool >/dev/null || apt_install prometheus  # promtool: the alert rules' unit tests
+  if ! command -v openapi-spec-validator >/dev/null; then
+    say "installing openapi-spec-validator (checks gateway/api/openapi.json)"
+    python3 -m pip install -q openapi-spec-validator >/dev/null
+  fi
 fi

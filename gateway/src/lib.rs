@@ -5,6 +5,7 @@
 //! Every mechanism is a tower layer in its own file; [`stack`] assembles them in one place.
 
 pub mod admin;
+pub mod api_docs;
 pub mod auth;
 pub mod balance;
 pub mod breaker;
@@ -112,6 +113,7 @@ pub fn app(
     let router = Router::new()
         .route_service("/api/{*path}", front.clone())
         .route_service("/api", front)
-        .merge(admin);
+        .merge(admin)
+        .merge(api_docs::router());
     Ok((router, observed))
 }
