@@ -113,20 +113,18 @@ pub async fn start(
     targets: &Targets<'_>,
     started: &mut Vec<(ProcessInfo, Supervised)>,
 ) -> anyhow::Result<()> {
-    let am_dir = dir.join("alertmanager");
-    std::fs::create_dir_all(am_dir.join("data"))
-        .with_context(|| format!("cannot create {}", am_dir.display()))?;
-    std::fs::write(am_dir.join("alertmanager.yml"), ALERTMANAGER_CONFIG)?;
+    let am_dir = prepare(
+        dir,
+        "alertmanager",
+        &[("alertmanager.yml", ALERTMANAGER_CONFIG)],
+    )?;
     let alertmanager = Server {
         name: "alertmanager",
         binary: &binaries.alertmanager,
         log: dir.join("logs/alertmanager.log"),
         args: vec![
-            format!(
-                "--config.file={}",
-                am_dir.join("alertmanager.yml").display()
-            ),
-            format!("--storage.path={}", am_dir.join("data").display()),
+            flag("config.file", &am_dir.join("alertmanager.yml")),
+            flag("storage.path", &am_dir.join("data")),
             // One Alertmanager: no gossip cluster (it would listen on every interface on 9094).
             "--cluster.listen-address=".into(),
         ],
@@ -135,28 +133,42 @@ pub async fn start(
         .start(args.alertmanager_port, ALERTMANAGER_DEFAULT_PORT, started)
         .await?;
 
-    let prom_dir = dir.join("prometheus");
-    std::fs::create_dir_all(prom_dir.join("data"))
-        .with_context(|| format!("cannot create {}", prom_dir.display()))?;
-    std::fs::write(prom_dir.join("alerts.yml"), ALERT_RULES)?;
     let config = prometheus_config(targets, &args.monitoring_interval, am_port)?;
-    std::fs::write(prom_dir.join("prometheus.yml"), config)?;
+    let prom_dir = prepare(
+        dir,
+        "prometheus",
+        &[("alerts.yml", ALERT_RULES), ("prometheus.yml", &config)],
+    )?;
     let prometheus = Server {
         name: "prometheus",
         binary: &binaries.prometheus,
         log: dir.join("logs/prometheus.log"),
         args: vec![
-            format!(
-                "--config.file={}",
-                prom_dir.join("prometheus.yml").display()
-            ),
-            format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
+            flag("config.file", &prom_dir.join("prometheus.yml")),
+            flag("storage.tsdb.path", &prom_dir.join("data")),
         ],
     };
     prometheus
         .start(args.prometheus_port, PROMETHEUS_DEFAULT_PORT, started)
         .await?;
     Ok(())
+}
+
+/// `<dir>/<name>/` with its `data/` directory and `files` (name, text) written into it.
+fn prepare(dir: &Path, name: &str, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    let home = dir.join(name);
+    std::fs::create_dir_all(home.join("data"))
+        .with_context(|| format!("cannot create {}", home.display()))?;
+    for (file, text) in files {
+        std::fs::write(home.join(file), text)?;
+    }
+    Ok(home)
+}
+
+/// `--name=<path>`, with an absolute path: Prometheus reads relative paths in its config (the
+/// rules file) from the config file's directory.
+fn flag(name: &str, path: &Path) -> String {
+    format!("--{name}={}", path.display())
 }
 
 /// The config `up` gives Prometheus: the HTTP SD template with the platform's addresses and the
@@ -206,8 +218,7 @@ struct Server<'a> {
     name: &'static str,
     binary: &'a Path,
     log: PathBuf,
-    /// Everything but the listen address (absolute paths: Prometheus reads relative paths in its
-    /// config, like the rules file, from the config file's directory).
+    /// Everything but the listen address.
     args: Vec<String>,
 }
 
