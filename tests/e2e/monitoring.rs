@@ -183,3 +183,64 @@ async fn monitoring_up_starts_prometheus_that_scrapes_everything_and_alertmanage
     assert!(others.is_empty(), "unexpected alerts: {others:?}");
     Ok(())
 }
+
+/// The `gateway_breaker_state` series the gateway exports for each books instance (by registered
+/// id), as 0/1/2.
+async fn breaker_series(gateway: &str) -> anyhow::Result<BTreeSet<String>> {
+    let text = client()
+        .get(format!("{gateway}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("gateway_breaker_state{") && l.contains("upstream=\"books\""))
+        .filter_map(|l| l.split("instance=\"").nth(1)?.split('"').next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// An instance that leaves (SIGTERM: it deregisters) disappears from the gateway's per-instance
+/// gauges instead of keeping its last value forever.
+#[tokio::test]
+async fn monitoring_the_gateway_stops_exporting_the_breaker_state_of_an_instance_that_left()
+-> anyhow::Result<()> {
+    let platform = TestPlatform::start_with(bookstore(), &[("BOOKSTORE_NO_DEMO", "true")]).await?;
+    let gateway = platform.gateway_url().to_owned();
+    let books = platform.processes("books");
+    let id = |url: &str| format!("books-{}", url.rsplit(':').next().unwrap_or_default());
+    let all: BTreeSet<String> = books.iter().map(|p| id(&p.url)).collect();
+    anyhow::ensure!(all.len() == 2, "books instances: {all:?}");
+    let (leaving, staying) = (&books[0], id(&books[1].url));
+
+    let wait_for = |expected: BTreeSet<String>| {
+        let gateway = gateway.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = breaker_series(&gateway).await?;
+                if found == expected {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "breaker series {found:?}, expected {expected:?} within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // Traffic to both instances, so a recorded gauge would exist for each.
+    for _ in 0..20 {
+        client()
+            .get(format!("{gateway}/api/books?limit=1"))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    wait_for(all).await?;
+    kill(Pid::from_raw(i32::try_from(leaving.pid)?), Signal::SIGTERM)?;
+    wait_for(BTreeSet::from([staying])).await?;
+    Ok(())
+}
