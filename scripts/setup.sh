@@ -60,6 +60,11 @@ if ! command -v patroni >/dev/null && [[ ! -x /usr/bin/patroni ]]; then
   apt_install patroni
 fi
 
+# Monitoring that `bookstore up` starts beside the platform (skipped with --no-monitoring):
+# Prometheus (finds every instance through the registry) and Alertmanager (receives its alerts).
+command -v prometheus >/dev/null || apt_install prometheus
+command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
+
 if $want_test; then
   command -v npm >/dev/null || apt_install nodejs npm
   if ! command -v newman >/dev/null; then
@@ -67,4 +72,8 @@ if $want_test; then
     as_root npm install -g --no-audit --no-fund --loglevel=error newman@6 >/dev/null
   fi
   command -v promtool >/dev/null || apt_install prometheus  # promtool: the alert rules' unit tests
+  if ! command -v openapi-spec-validator >/dev/null; then
+    say "installing openapi-spec-validator (checks gateway/api/openapi.json)"
+    python3 -m pip install -q openapi-spec-validator >/dev/null
+  fi
 fi

@@ -218,6 +218,9 @@ impl ParticipantClient {
                 .header(INTERNAL_TOKEN_HEADER, self.token.clone())
                 .header(REQUEST_TIMEOUT_HEADER, millis)
                 .timeout(remaining);
+            if let Some(traceparent) = platform::trace::outgoing() {
+                request = request.header(platform::server::TRACEPARENT, traceparent);
+            }
             if op.sends_payload() {
                 request = request.json(payload);
             }

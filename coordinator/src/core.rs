@@ -211,7 +211,9 @@ impl Coordinator {
         }
         self.leases.insert(lease.clone());
         let this = self.clone();
-        tokio::spawn(async move {
+        // The driver works for the request that began the transaction (none for a recovered
+        // one): its log lines and participant calls carry that request's trace.
+        let drive = async move {
             let fence = Fence {
                 gxid,
                 owner: this.owner.clone(),
@@ -236,7 +238,12 @@ impl Coordinator {
             }
             this.leases.remove(&lease);
             this.notify_change(gxid);
-        });
+        };
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            platform::trace::inherit(drive),
+            span,
+        ));
     }
 
     /// Stops every driver (they are cancelled through `stopping`), then lets the leases of the

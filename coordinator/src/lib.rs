@@ -74,6 +74,7 @@ impl Application {
     /// [`Application::local_addr`]. Nothing is driven until [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         config.coordinator.validate()?;
+        metrics::register();
         let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
         anyhow::ensure!(
             !config.auth.internal_token.is_empty(),

@@ -45,8 +45,12 @@ pub struct RetryBudget {
 
 impl RetryBudget {
     pub fn new(service: impl Into<String>, config: BudgetConfig) -> Arc<RetryBudget> {
+        let service = service.into();
+        // At 0 from the start, so `rate()` sees the first refusal.
+        metrics::counter!("gateway_retry_budget_exhausted_total", "upstream" => service.clone())
+            .increment(0);
         Arc::new(RetryBudget {
-            service: service.into(),
+            service,
             config,
             active_requests: AtomicUsize::new(0),
             active_retries: AtomicUsize::new(0),

@@ -135,6 +135,7 @@ impl Forward {
                 headers.insert(header::HOST, target.host.clone());
                 // The service stops working on this attempt when the gateway stops waiting for it.
                 deadline::stamp(&mut headers, timeout);
+                continue_trace(&mut headers);
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(Scheme::HTTP);
                 parts.authority = Some(target.authority.clone());
@@ -349,6 +350,18 @@ fn attempt_metrics(upstream: &str, instance: &str, outcome: u16) -> (Counter, Hi
             })
             .clone()
     })
+}
+
+/// The request's `traceparent` (the server gave it one) continued by one hop: the same trace id,
+/// the gateway's own parent id.
+fn continue_trace(headers: &mut HeaderMap) {
+    let child = headers
+        .get(&platform::server::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(platform::trace::child_of);
+    if let Some(child) = child {
+        headers.insert(platform::server::TRACEPARENT, child);
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -5,6 +5,7 @@
 //! Every mechanism is a tower layer in its own file; [`stack`] assembles them in one place.
 
 pub mod admin;
+pub mod api_docs;
 pub mod auth;
 pub mod balance;
 pub mod breaker;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod deadline;
 pub mod exchange;
 pub mod forward;
+pub mod live_metrics;
 pub mod proxy;
 pub mod rate_limit;
 pub mod retry;
@@ -50,6 +52,7 @@ impl Application {
             shutdown,
         ));
         let (router, observed) = app(&config, upstreams)?;
+        live_metrics::register(observed.clone());
         let server = Server::bind(&config.http).await?;
         Ok(Application {
             server,
@@ -110,6 +113,7 @@ pub fn app(
     let router = Router::new()
         .route_service("/api/{*path}", front.clone())
         .route_service("/api", front)
-        .merge(admin);
+        .merge(admin)
+        .merge(api_docs::router());
     Ok((router, observed))
 }

@@ -93,6 +93,8 @@ impl RateLimitLayer {
     /// an empty bucket, no room for clients).
     pub fn new(config: &RateLimitConfig) -> anyhow::Result<Self> {
         let limiter = if config.enabled {
+            // At 0 from the start, so `rate()` sees the first limited request.
+            metrics::counter!("gateway_rate_limited_total").increment(0);
             Some(Arc::new(Limiter::new(config)?))
         } else {
             None

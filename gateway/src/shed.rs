@@ -50,6 +50,8 @@ impl ShedLayer {
             "shed.max_in_flight must be between 1 and {}, not {max}",
             Semaphore::MAX_PERMITS
         );
+        // At 0 from the start, so `rate()` sees the first shed request.
+        metrics::counter!("gateway_shed_total").increment(0);
         Ok(ShedLayer {
             slots: Arc::new(Semaphore::new(max)),
             max_in_flight: max,

@@ -12,11 +12,13 @@ pub mod deadline;
 pub mod extract;
 pub mod faults;
 pub mod limits;
+pub mod live_gauges;
 pub mod metrics;
 pub mod pagination;
 pub mod problem;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use problem::{ApiError, FieldError, Problem};

@@ -30,6 +30,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install(component: &str) -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            crate::live_gauges::set_component(component);
             let builder = PrometheusBuilder::new()
                 .add_global_label("service", component)
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
@@ -43,12 +44,15 @@ pub fn install(component: &str) -> PrometheusHandle {
         .clone()
 }
 
-/// The text exposition of every metric recorded so far.
+/// The text exposition of every metric recorded so far, and of the gauges read at scrape time
+/// ([`crate::live_gauges`]).
 pub fn render() -> String {
-    HANDLE
+    let mut text = HANDLE
         .get()
         .map(PrometheusHandle::render)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    text.push_str(&crate::live_gauges::render());
+    text
 }
 
 /// Which recorder the `metrics` macros would use on this thread right now: a local one (tests),

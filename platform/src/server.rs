@@ -201,6 +201,7 @@ pub fn with_standard_layers(
     let around_all = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid4))
         .map_request(ensure_traceparent)
+        .layer(middleware::from_fn(crate::trace::scope))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CatchPanicLayer::custom(panic_problem))
         .map_response(close_after_refused_body)

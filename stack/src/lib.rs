@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod cluster;
 pub mod demo;
+pub mod monitoring;
 pub mod os_user;
 pub mod ports;
 pub mod postgres;

@@ -179,7 +179,11 @@ async fn probe(client: &reqwest::Client, process: &ProcessInfo) -> String {
         };
     }
     match client
-        .get(format!("{}/health/ready", process.url))
+        .get(format!(
+            "{}{}",
+            process.url,
+            crate::monitoring::ready_path(&process.kind)
+        ))
         .send()
         .await
     {

@@ -1,5 +1,5 @@
-//! `bookstore up`: PostgreSQL, the registry, two books and two orders instances and the gateway on
-//! loopback, with progress, until Ctrl-C or SIGTERM stops everything in reverse order.
+//! `bookstore up`: PostgreSQL, the registry, two books and two orders instances, the gateway,
+//! Prometheus and Alertmanager on loopback, with progress, until Ctrl-C or SIGTERM stops everything in reverse order.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,6 +42,8 @@ pub struct UpArgs {
     /// Do not load demo data into an empty catalog.
     #[arg(long, env = "BOOKSTORE_NO_DEMO")]
     pub no_demo: bool,
+    #[command(flatten)]
+    pub monitoring: crate::monitoring::MonitoringArgs,
     /// Print nothing but errors (progress is also hidden when not on a terminal or under CI).
     #[arg(long)]
     pub quiet: bool,
@@ -100,7 +102,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     let hidden = quiet
         || std::env::var_os("CI").is_some()
         || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = ProgressBar::new(7);
+    let bar = ProgressBar::new(8);
     if hidden {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
@@ -142,6 +144,7 @@ fn preflight(args: &UpArgs) -> anyhow::Result<()> {
         crate::cluster::etcd::locate()?;
         crate::cluster::patroni::locate()?;
     }
+    crate::monitoring::locate(&args.monitoring)?;
     for (port, what, flag) in [
         (args.gateway_port, "gateway", "--gateway-port"),
         (args.registry_port, "registry", "--registry-port"),
@@ -227,6 +230,8 @@ async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> 
     gateway_env.extend(auth_env);
     let gateway = spawn(running, &exe, "gateway", "gateway", &gateway_env).await?;
     running.state.gateway_url = gateway.clone();
+    step(progress, "starting Prometheus and Alertmanager");
+    start_monitoring(args, running, &registry, &gateway).await?;
     step(progress, "checking demo data");
     let admin = demo::Admin {
         email: ADMIN_EMAIL,
@@ -270,6 +275,36 @@ async fn start_warehouse(
     env.extend(secrets.auth_env());
     spawn(running, exe, "warehouse", "warehouse", &env).await?;
     Ok(())
+}
+
+async fn start_monitoring(
+    args: &UpArgs,
+    running: &mut Running,
+    registry_url: &str,
+    gateway_url: &str,
+) -> anyhow::Result<()> {
+    let Some(binaries) = crate::monitoring::locate(&args.monitoring)? else {
+        return Ok(());
+    };
+    let targets = crate::monitoring::Targets {
+        registry_url,
+        gateway_url,
+    };
+    let before = running.children.len();
+    let result = crate::monitoring::start(
+        &args.monitoring,
+        &binaries,
+        &running.dir,
+        &targets,
+        &mut running.children,
+    )
+    .await;
+    let infos = running.children[before..]
+        .iter()
+        .map(|(info, _)| info.clone());
+    running.state.processes.extend(infos);
+    result?;
+    running.state.write(&running.dir)
 }
 
 fn step(progress: &ProgressBar, message: &'static str) {
@@ -463,6 +498,13 @@ fn print_summary(state: &State, dir: &Path) {
     match &state.cluster {
         Some(cluster) => println!("  database  {} (Patroni cluster)", cluster.hosts()),
         None => println!("  database  127.0.0.1:{}", state.postgres_port),
+    }
+    for process in &state.processes {
+        match process.kind.as_str() {
+            "prometheus" => println!("  metrics   {}/targets (Prometheus)", process.url),
+            "alertmanager" => println!("  alerts    {}/#/alerts (Alertmanager)", process.url),
+            _ => {}
+        }
     }
     println!("  logs      {}/", dir.join("logs").display());
     println!(

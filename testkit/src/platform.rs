@@ -79,6 +79,9 @@ impl TestPlatform {
             &pg_nodes.to_string(),
             "--quiet",
         ]);
+        // Prometheus and Alertmanager only for the tests that ask for them (with
+        // `BOOKSTORE_NO_MONITORING=false`): two more servers per platform would slow every test.
+        let spec = spec.env("BOOKSTORE_NO_MONITORING", "true");
         let spec = env
             .iter()
             .fold(spec, |spec, (key, value)| spec.env(*key, *value));

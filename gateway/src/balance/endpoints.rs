@@ -18,23 +18,15 @@ struct Endpoint {
     in_flight: AtomicUsize,
     /// A `std` mutex: held only for a few comparisons, never across an `.await`.
     breaker: Mutex<Breaker>,
-    in_flight_gauge: metrics::Gauge,
 }
 
 impl Endpoint {
     fn new(service: &str, instance: Instance, config: &Arc<BreakerConfig>) -> Self {
         let now = Instant::now();
-        let in_flight_gauge = metrics::gauge!(
-            "gateway_upstream_in_flight",
-            "upstream" => service.to_owned(),
-            "instance" => instance.id.clone()
-        );
-        in_flight_gauge.set(0.0);
         Endpoint {
             breaker: Mutex::new(Breaker::new(config.clone(), service, &instance.id, now)),
             instance,
             in_flight: AtomicUsize::new(0),
-            in_flight_gauge,
         }
     }
 
@@ -68,8 +60,7 @@ pub struct Lease {
 
 impl Lease {
     fn new(endpoint: Arc<Endpoint>, ticket: Option<Ticket>) -> Self {
-        let now = endpoint.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        endpoint.in_flight_gauge.set(now as f64);
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         Lease { endpoint, ticket }
     }
 
@@ -98,8 +89,7 @@ impl Drop for Lease {
         if let Some(ticket) = self.ticket.take() {
             self.endpoint.breaker().release(ticket, Instant::now());
         }
-        let now = self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.endpoint.in_flight_gauge.set(now as f64);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -145,8 +145,8 @@ impl BreakerState {
         }
     }
 
-    /// The value of `gateway_breaker_state`.
-    fn gauge(self) -> f64 {
+    /// The value of `gateway_breaker_state` (read at scrape time, see `crate::live_metrics`).
+    pub fn gauge(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
             BreakerState::Open => 1.0,
@@ -214,18 +214,11 @@ pub struct Breaker {
     /// Probes out while half-open: id and start.
     probes: Vec<(u64, Instant)>,
     next_probe: u64,
-    state_gauge: metrics::Gauge,
 }
 
 impl Breaker {
     /// A closed breaker for `instance` of `upstream` (the names label its metrics and logs).
     pub fn new(config: Arc<BreakerConfig>, upstream: &str, instance: &str, now: Instant) -> Self {
-        let state_gauge = metrics::gauge!(
-            "gateway_breaker_state",
-            "upstream" => upstream.to_owned(),
-            "instance" => instance.to_owned()
-        );
-        state_gauge.set(BreakerState::Closed.gauge());
         Breaker {
             window: Window::new(Duration::from_millis(config.window_ms), now),
             config,
@@ -240,7 +233,6 @@ impl Breaker {
             ejections: 0,
             probes: Vec::new(),
             next_probe: 0,
-            state_gauge,
         }
     }
 
@@ -430,7 +422,6 @@ impl Breaker {
         self.state = to;
         self.epoch += 1;
         self.probes.clear();
-        self.state_gauge.set(to.gauge());
         metrics::counter!(
             "gateway_breaker_transitions_total",
             "upstream" => self.upstream.clone(),

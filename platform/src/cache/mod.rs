@@ -106,6 +106,7 @@ impl Cache {
     /// stay out until they answer.
     pub async fn start(config: CacheConfig, stop: CancellationToken) -> Cache {
         let names = config.nodes.clone();
+        register_series(&names);
         let nodes = names
             .iter()
             .map(|name| Node::new(name, config.database))
@@ -342,6 +343,26 @@ impl Cache {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         metrics::gauge!("bookstore_cache_ring_members").set(members.len() as f64);
     }
+}
+
+/// Creates the cache's counters at 0 (and every node down until it answers), so a dashboard's
+/// `rate()` sees the first hit, ejection or flush instead of a series that appears at 1.
+fn register_series(names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    for result in ["hit", "miss", "error"] {
+        metrics::counter!("bookstore_cache_requests_total", "result" => result).increment(0);
+    }
+    for name in names {
+        let node = name.clone();
+        metrics::counter!("bookstore_cache_ejections_total", "node" => node.clone()).increment(0);
+        metrics::counter!("bookstore_cache_flushes_total", "node" => node.clone()).increment(0);
+        metrics::counter!("bookstore_cache_invalidation_errors_total", "node" => node.clone())
+            .increment(0);
+        metrics::gauge!("bookstore_cache_node_up", "node" => node).set(0.0);
+    }
+    metrics::gauge!("bookstore_cache_ring_members").set(0.0);
 }
 
 /// Empties the cache database of one node (`bookstore up` does this when it starts the nodes, so a

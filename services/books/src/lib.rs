@@ -134,6 +134,7 @@ impl Application {
         let persister_stop = CancellationToken::new();
         let mut persister = None;
         if let Some(node) = &self.stream_node {
+            ratings::register_series();
             let stream = ratings::RatingStream::new(&self.ratings, node)
                 .context("Failed to configure the ratings stream")?;
             state = state.with_ratings(Arc::new(stream));

@@ -99,6 +99,10 @@ pub struct BookCache {
 
 impl BookCache {
     pub fn new(cache: Cache, settings: CacheSettings) -> BookCache {
+        if cache.is_enabled() {
+            // At 0 from the start, so `rate()` sees the first one.
+            metrics::counter!("bookstore_cache_unknown_commits_total").increment(0);
+        }
         BookCache {
             cache,
             settings: Arc::new(settings),

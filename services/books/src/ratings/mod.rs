@@ -150,6 +150,21 @@ pub struct RatingStream {
     conn: Mutex<Option<MultiplexedConnection>>,
 }
 
+/// Creates the write-behind counters at 0, so `rate()` sees their first event (a refusal, a
+/// failed batch, a claim) rather than a series that appears at 1.
+pub fn register_series() {
+    for name in [
+        "bookstore_ratings_accepted_total",
+        "bookstore_ratings_refused_total",
+        "bookstore_ratings_persisted_total",
+        "bookstore_ratings_persist_failures_total",
+        "bookstore_ratings_claimed_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("bookstore_ratings_stream_backlog").set(0.0);
+}
+
 impl RatingStream {
     pub fn new(settings: &RatingsSettings, node: &str) -> anyhow::Result<RatingStream> {
         Ok(RatingStream {

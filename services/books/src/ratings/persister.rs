@@ -113,6 +113,7 @@ impl Persister {
 
     /// One batch: read, persist, acknowledge. Ok(0) when there was nothing to do.
     async fn round(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<usize> {
+        self.record_backlog(conn).await?;
         let entries = self.next_batch(conn).await?;
         if entries.is_empty() {
             return Ok(0);
@@ -148,6 +149,18 @@ impl Persister {
         tracing::debug!(entries = ids.len(), acked, "ratings batch persisted");
         self.cache.books_changed(&books).await;
         Ok(ids.len())
+    }
+
+    /// Entries accepted but not yet persisted: persisted ones are deleted from the stream, so its
+    /// length is the write-behind backlog (every instance reports the same stream).
+    async fn record_backlog(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
+        let mut xlen = redis::cmd("XLEN");
+        xlen.arg(&self.settings.stream_key);
+        let len = tokio::time::timeout(Duration::from_secs(5), xlen.query_async::<i64>(conn))
+            .await
+            .context("XLEN timed out")??;
+        metrics::gauge!("bookstore_ratings_stream_backlog").set(len as f64);
+        Ok(())
     }
 
     async fn next_batch(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<Vec<StreamId>> {

@@ -118,6 +118,9 @@ impl Peers {
                 .request(method.clone(), &url)
                 .timeout(timeout)
                 .header(INTERNAL_TOKEN_HEADER, &*self.internal_token);
+            if let Some(traceparent) = platform::trace::outgoing() {
+                request = request.header(platform::server::TRACEPARENT, traceparent);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
