@@ -158,7 +158,7 @@ fn errors(stats: &Stats) -> Vec<ErrorCount> {
             })
         })
         .collect();
-    all.sort_by(|a, b| b.count.cmp(&a.count));
+    all.sort_by_key(|e| std::cmp::Reverse(e.count));
     all
 }
 

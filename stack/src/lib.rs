@@ -3,6 +3,7 @@
 //! operator commands `up`, `status` and `down`. The test harness (`testkit`) reuses the same code, so
 //! what tests start is what users run.
 
+pub mod chaos;
 pub mod demo;
 pub mod os_user;
 pub mod ports;

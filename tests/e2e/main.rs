@@ -3,6 +3,7 @@
 
 mod authz;
 mod cache;
+mod chaos;
 mod checkout;
 mod cli;
 mod gateway;
