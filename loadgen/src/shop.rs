@@ -207,21 +207,25 @@ impl Shop {
         };
         match op {
             Operation::Browse => {
-                let url = match roll % 2 {
-                    0 => format!("{}/api/books?limit=20", self.gateway),
-                    _ => format!("{}/api/books?limit=20&genre={}", self.gateway, book.genre),
-                };
-                self.read(customer, &url).await
+                let books = format!("{}/api/books", self.gateway);
+                match roll % 2 {
+                    0 => self.read(customer, &books, &[("limit", "20")]).await,
+                    _ => {
+                        let query = [("limit", "20"), ("genre", book.genre.as_str())];
+                        self.read(customer, &books, &query).await
+                    }
+                }
             }
             Operation::Search => {
                 let word = book.title.split_whitespace().next().unwrap_or("the");
                 let prefix: String = word.chars().take(4).collect();
-                let url = format!("{}/api/books?limit=20&q={prefix}", self.gateway);
-                self.read(customer, &url).await
+                let books = format!("{}/api/books", self.gateway);
+                self.read(customer, &books, &[("limit", "20"), ("q", &prefix)])
+                    .await
             }
             Operation::View => {
-                self.read(customer, &format!("{}/api/books/{}", self.gateway, book.id))
-                    .await
+                let url = format!("{}/api/books/{}", self.gateway, book.id);
+                self.read(customer, &url, &[]).await
             }
             Operation::Rate => self.rate(customer, book, roll, ledger).await,
             Operation::TopUp => {
@@ -247,7 +251,12 @@ impl Shop {
         }
     }
 
-    async fn read(&self, customer: &Customer, url: &str) -> Outcome {
+    /// A GET; `query` is percent-encoded (titles and genres may hold any character).
+    async fn read(&self, customer: &Customer, url: &str, query: &[(&str, &str)]) -> Outcome {
+        let url = match url::Url::parse_with_params(url, query) {
+            Ok(url) => url,
+            Err(e) => return Outcome::Failed(format!("bad url: {e}")),
+        };
         match self
             .http
             .get(url)
