@@ -279,14 +279,23 @@ impl Databases {
             .into_iter()
             .map(|(c, b, r)| ((c, b), r))
             .collect();
+        let unsure: HashSet<&(String, String)> = ledger.unsure_ratings.iter().collect();
         let offenders: Vec<String> = accepted
             .iter()
-            .filter(|(pair, ids)| !stored.get(*pair).is_some_and(|id| ids.contains(id)))
-            .map(|((c, b), ids)| {
-                format!(
-                    "customer {c}, book {b}: none of {} accepted ratings stored",
-                    ids.len()
-                )
+            .filter_map(|(pair, ids)| {
+                let stored = stored.get(pair);
+                // A rating whose answer was lost may have come later and replaced ours: then any
+                // stored rating of the pair will do, but there must be one.
+                let kept = stored.is_some_and(|id| ids.contains(id) || unsure.contains(pair));
+                (!kept).then(|| {
+                    format!(
+                        "customer {}, book {}: stored {}, accepted {}",
+                        pair.0,
+                        pair.1,
+                        stored.map_or("nothing", String::as_str),
+                        ids.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })
             })
             .collect();
         let mut check = verdict(

@@ -39,6 +39,10 @@ pub struct Ledger {
     /// have been applied. Settling repeats them with the same key until they are answered.
     #[serde(skip)]
     pub unresolved_top_ups: Vec<TopUp>,
+    /// `(customer, book)` of ratings sent without a definite answer: one may have been accepted
+    /// after all and replaced an acknowledged rating of the same pair.
+    #[serde(skip)]
+    pub unsure_ratings: Vec<(String, String)>,
 }
 
 impl Ledger {
@@ -47,6 +51,7 @@ impl Ledger {
         self.ratings.extend(other.ratings);
         self.top_ups.extend(other.top_ups);
         self.unresolved_top_ups.extend(other.unresolved_top_ups);
+        self.unsure_ratings.extend(other.unsure_ratings);
     }
 
     /// Credit acknowledged for `customer_id`.

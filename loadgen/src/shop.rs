@@ -304,11 +304,31 @@ impl Shop {
                         }
                         None => Outcome::Failed("202 without rating_id".into()),
                     },
-                    Err(e) => Outcome::Failed(transport_kind(&e)),
+                    Err(e) => {
+                        ledger
+                            .unsure_ratings
+                            .push((customer.id.clone(), book.id.clone()));
+                        Outcome::Failed(transport_kind(&e))
+                    }
                 }
             }
-            Ok(response) => Outcome::Failed(problem_kind(response).await),
-            Err(e) => Outcome::Failed(transport_kind(&e)),
+            Ok(response) if response.status().is_client_error() => {
+                Outcome::Failed(problem_kind(response).await)
+            }
+            // No answer, or a 5xx: the rating may still have been accepted (and may replace an
+            // earlier one of this customer for this book).
+            Ok(response) => {
+                ledger
+                    .unsure_ratings
+                    .push((customer.id.clone(), book.id.clone()));
+                Outcome::Failed(problem_kind(response).await)
+            }
+            Err(e) => {
+                ledger
+                    .unsure_ratings
+                    .push((customer.id.clone(), book.id.clone()));
+                Outcome::Failed(transport_kind(&e))
+            }
         }
     }
 
