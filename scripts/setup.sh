@@ -65,6 +65,11 @@ fi
 command -v prometheus >/dev/null || apt_install prometheus
 command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
 
+# `bookstore chaos skew-clock-*` runs one instance under libfaketime.
+if [[ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 && ! -e /usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1 ]]; then
+  apt_install faketime
+fi
+
 if $want_test; then
   command -v npm >/dev/null || apt_install nodejs npm
   if ! command -v newman >/dev/null; then

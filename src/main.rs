@@ -30,6 +30,10 @@ enum Command {
     Status(stack::status::StatusArgs),
     /// Stop a platform started by `bookstore up` in the background.
     Down(stack::status::DownArgs),
+    /// Send a weighted mix of shop requests to a running platform and report latency and errors.
+    Loadgen(stack::chaos::LoadgenArgs),
+    /// Break a running platform under load (kill, freeze, skew…) and check its invariants.
+    Chaos(stack::chaos::ChaosArgs),
     /// Run the API gateway.
     Gateway(ComponentArgs),
     /// Run the service registry (a Consul HTTP API subset).
@@ -118,6 +122,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => stack::up::run(args).await,
         Command::Status(args) => stack::status::run(args).await,
         Command::Down(args) => stack::status::down(args).await,
+        Command::Loadgen(args) => stack::chaos::loadgen(args).await,
+        Command::Chaos(args) => stack::chaos::chaos(args).await,
         Command::Gateway(args) => component("gateway", args, run_gateway).await,
         Command::Discovery(args) => component("discovery", args, run_discovery).await,
         Command::Books(args) => component("books", args, run_books).await,

@@ -88,27 +88,11 @@ pub async fn start(binary: &Path, options: &RedisOptions) -> anyhow::Result<Redi
 
 async fn start_on(binary: &Path, options: &RedisOptions, port: u16) -> anyhow::Result<RedisServer> {
     let dir = std::fs::canonicalize(&options.dir)?;
-    let mut spec = ChildSpec::new(&options.name, binary, &options.log_file).args([
-        "--bind".to_string(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        port.to_string(),
-        "--dir".into(),
-        dir.display().to_string(),
-        "--appendonly".into(),
-        "yes".into(),
-        "--appendfsync".into(),
-        options.appendfsync.clone(),
-        // The AOF is the one persistence; no RDB snapshots competing for the disk.
-        "--save".into(),
-        String::new(),
-        "--daemonize".into(),
-        "no".into(),
-        "--protected-mode".into(),
-        "yes".into(),
-        "--logfile".into(),
-        String::new(),
-    ]);
+    let mut spec = ChildSpec::new(&options.name, binary, &options.log_file).args(server_args(
+        &dir,
+        port,
+        &options.appendfsync,
+    ));
     spec.stop_signal = Signal::SIGTERM;
     spec.parent_death_signal = options.on_parent_death;
     let mut process = Supervised::spawn(&spec)?;
@@ -130,6 +114,32 @@ async fn start_on(binary: &Path, options: &RedisOptions, port: u16) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `redis-server`'s command line for a node on `port` with its AOF in `dir` (also what
+/// `bookstore chaos` restarts a killed node with).
+pub fn server_args(dir: &Path, port: u16, appendfsync: &str) -> Vec<String> {
+    vec![
+        "--bind".to_string(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        appendfsync.to_owned(),
+        // The AOF is the one persistence; no RDB snapshots competing for the disk.
+        "--save".into(),
+        String::new(),
+        "--daemonize".into(),
+        "no".into(),
+        "--protected-mode".into(),
+        "yes".into(),
+        "--logfile".into(),
+        String::new(),
+    ]
 }
 
 /// Whether a Redis on `port` answers `PING` with `PONG` (not `-LOADING`) right now.

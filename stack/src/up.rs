@@ -523,7 +523,7 @@ fn print_summary(state: &State, dir: &Path) {
 }
 
 /// Runs until a signal; a child that exits is reported once and left down (no restart loop that
-/// would hide a crash).
+/// would hide a crash) unless a restart is asked for (`bookstore chaos`, see chaos/restart.rs).
 async fn supervise(
     running: &mut Running,
     signal: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -533,6 +533,12 @@ async fn supervise(
         tokio::select! {
             _ = signal.as_mut() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        // `bookstore chaos` asks for what it killed to be started again, as our child.
+        let restarted =
+            crate::chaos::restart::serve(&running.dir, &mut running.children, &mut running.state);
+        for name in restarted.await {
+            reported.remove(&name);
         }
         for (info, child) in &mut running.children {
             if let Some(status) = child.exited()

@@ -4,6 +4,7 @@
 mod authz;
 mod backup;
 mod cache;
+mod chaos;
 mod checkout;
 mod cli;
 mod cluster;
