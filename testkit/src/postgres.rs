@@ -76,24 +76,28 @@ impl TestPostgres {
     }
 
     /// Applies the shipped accounts (`deploy/postgres/accounts.toml`), every role's password being
-    /// `<role>pw` as in [`service_database`](Self::service_database); returns nothing to remember:
+    /// [`role_password`] as in [`service_database`](Self::service_database); nothing to remember:
     /// [`role_url`](Self::role_url) builds any role's URL.
     pub async fn apply_accounts(&self) -> anyhow::Result<()> {
         let accounts = stack::accounts::Accounts::shipped()?;
-        self.server()
-            .apply_accounts(&accounts, |role| format!("{role}pw"))
-            .await
+        self.server().apply_accounts(&accounts, role_password).await
     }
 
-    /// The URL of `role` (password `<role>pw`) on `database`.
+    /// The URL of `role` (password [`role_password`]) on `database`.
     pub fn role_url(&self, role: &str, database: &str) -> String {
-        self.server().url(role, &format!("{role}pw"), database)
+        self.server().url(role, &role_password(role), database)
     }
 
     /// The server itself, for tests that stop or signal it.
     pub fn server_mut(&mut self) -> &mut PgServer {
         self.server.as_mut().expect("server present until drop")
     }
+}
+
+/// A test role's password: its name without underscores, then `pw` (the stack only takes
+/// alphanumeric passwords); for a service role the same as [`TestPostgres::service_database`]'s.
+pub fn role_password(role: &str) -> String {
+    format!("{}pw", role.replace('_', ""))
 }
 
 impl Drop for TestPostgres {

@@ -18,13 +18,14 @@ async fn status_lists_every_process_as_ready() -> anyhow::Result<()> {
         .processes("books")
         .iter()
         .chain(&platform.processes("orders"))
+        .chain(&platform.processes("warehouse"))
     {
         let port = instance.url.rsplit(':').next().unwrap_or_default();
         let id = format!("{}-{port}", instance.kind);
         let line = text.lines().find(|l| l.contains(&id)).unwrap_or_default();
         assert!(line.contains("closed"), "{id}: {line:?}\n{text}");
     }
-    assert_eq!(text.matches("service breaker closed").count(), 2, "{text}");
+    assert_eq!(text.matches("service breaker closed").count(), 3, "{text}");
     for name in [
         "postgres",
         "discovery",
@@ -32,6 +33,7 @@ async fn status_lists_every_process_as_ready() -> anyhow::Result<()> {
         "books-2",
         "orders-1",
         "orders-2",
+        "warehouse",
         "gateway",
     ] {
         let line = text

@@ -28,7 +28,7 @@ static ORDERS_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../services/or
 impl Harness {
     pub async fn start() -> Harness {
         platform::metrics::install("warehouse");
-        let mut pg = TestPostgres::start().await.expect("PostgreSQL starts");
+        let pg = TestPostgres::start().await.expect("PostgreSQL starts");
         let books_url = pg.service_database("books").await.expect("books db");
         let orders_url = pg.service_database("orders").await.expect("orders db");
         let warehouse_url = pg
