@@ -8,5 +8,6 @@ mod customers;
 mod database;
 mod helpers;
 mod idempotency;
+mod messages;
 mod orders;
 mod sign_up;
