@@ -9,5 +9,6 @@ mod database;
 mod helpers;
 mod idempotency;
 mod messages;
+mod messages_cluster;
 mod orders;
 mod sign_up;
