@@ -99,6 +99,50 @@ pub async fn connect(config: &DbConfig) -> anyhow::Result<PgPool> {
     }
 }
 
+/// A service's pools when it also reads in the eventual model: writes and strong reads go to
+/// [`Pools::primary`]; [`Pools::eventual`] is a lagging-but-bounded replica on a cluster and the same
+/// single pool otherwise, so callers need not know which they run on.
+#[derive(Clone)]
+pub struct Pools {
+    primary: PgPool,
+    cluster: Option<cluster::ClusterPool>,
+}
+
+impl Pools {
+    /// Like [`connect`], keeping the cluster-aware pool (when the URL lists several hosts) for
+    /// eventual reads.
+    pub async fn connect(config: &DbConfig) -> anyhow::Result<Pools> {
+        if is_multi_host(&config.url) {
+            let cluster = cluster::ClusterPool::connect(config).await?;
+            return Ok(Pools {
+                primary: cluster.primary().clone(),
+                cluster: Some(cluster),
+            });
+        }
+        Ok(Pools::single(connect(config).await?))
+    }
+
+    /// One plain pool for everything (a single server).
+    pub fn single(pool: PgPool) -> Pools {
+        Pools {
+            primary: pool,
+            cluster: None,
+        }
+    }
+
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
+    }
+
+    /// Chosen per call, so it follows lag and failovers (see [`cluster::ClusterPool::eventual`]).
+    pub fn eventual(&self) -> &PgPool {
+        match &self.cluster {
+            Some(cluster) => cluster.eventual(),
+            None => &self.primary,
+        }
+    }
+}
+
 /// Readiness: the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> Result<(), String> {
     sqlx::query("SELECT 1")

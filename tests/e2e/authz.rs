@@ -204,6 +204,7 @@ async fn every_public_route_answers_each_caller_exactly_as_the_contract_says() -
         row(Method::POST, format!("/api/customers/{a}/credit"), [401, 200, 403, 200])
             .body(r#"{"amount_cents": 100}"#),
         row(Method::GET, format!("/api/customers/{a}/orders"), [401, 200, 403, 200]),
+        row(Method::GET, format!("/api/customers/{a}/messages"), [401, 200, 403, 200]),
         row(Method::GET, format!("/api/orders/{order}"), [401, 200, 403, 200]),
         row(Method::GET, format!("/api/customers/{unknown}"), [401, 403, 403, 404]),
         row(Method::GET, format!("/api/orders/{unknown}"), [401, 404, 404, 404]),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub mod checkout;
 pub mod domain;
 pub mod http;
+pub mod messages;
 
 pub use http::{AppState, router};
 
@@ -87,7 +88,8 @@ impl Application {
         config.credit.validate()?;
         let auth = http::Auth::new(&config.auth)?;
         domain::password::warm_up().await?;
-        let pool = platform::db::connect(&config.db).await?;
+        let pools = platform::db::Pools::connect(&config.db).await?;
+        let pool = pools.primary().clone();
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -95,7 +97,7 @@ impl Application {
         let server = Server::bind(&config.http).await?;
         Ok(Application {
             server,
-            state: AppState::new(pool, config.credit, auth),
+            state: AppState::new(pools, config.credit, auth),
             checkout: config.checkout,
             faults: config.participant,
             internal_token: config.auth.internal_token.expose().to_owned(),

@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::OrderMode;
+use crate::messages::{self, Event, Kind};
 
 /// A checkout as recorded.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,6 +67,7 @@ pub async fn start(
     } else {
         "started"
     };
+    let mut tx = pool.begin().await?;
     let inserted: Option<CheckoutRow> = sqlx::query_as(concat!(
         "INSERT INTO checkouts (id, customer_id, idempotency_key, request_hash, mode, order_id,
                                 total_cents, lines, status, problem)
@@ -84,11 +86,14 @@ pub async fn start(
     .bind(new.lines)
     .bind(status)
     .bind(new.problem)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = inserted {
+        record_outcome(&mut tx, &row).await?;
+        tx.commit().await?;
         return Ok((row, true));
     }
+    tx.rollback().await?;
     let existing = find(pool, new.customer_id, new.key).await?.ok_or_else(|| {
         sqlx::Error::Protocol("a checkout vanished while its key was being taken".into())
     })?;
@@ -124,7 +129,7 @@ pub async fn by_order(pool: &PgPool, order_id: Uuid) -> Result<Option<CheckoutRo
     .await
 }
 
-/// Moves a checkout on. A final status is never changed again (the guard), so a slow writer with an
+/// Moves a checkout on, writing the customer's message when it becomes final. A final status is never changed again (the guard), so a slow writer with an
 /// older view cannot undo a newer one; the row as stored afterwards is returned.
 pub async fn update(
     pool: &PgPool,
@@ -133,8 +138,9 @@ pub async fn update(
     protocol_state: Option<&str>,
     problem: Option<&Value>,
 ) -> Result<CheckoutRow, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     // One statement: the updated row, or — when the guard kept it — the row as it is.
-    sqlx::query_as(concat!(
+    let row: CheckoutRow = sqlx::query_as(concat!(
         "WITH u AS (
              UPDATE checkouts
              SET status = $2, protocol_state = coalesce($3, protocol_state), problem = $4
@@ -155,8 +161,35 @@ pub async fn update(
     .bind(status)
     .bind(protocol_state)
     .bind(problem)
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    record_outcome(&mut tx, &row).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// The customer's message for a final checkout, in the transaction that records the outcome (a
+/// repeat — the guard kept an already-final row — writes nothing new: one message per order and kind).
+async fn record_outcome(conn: &mut PgConnection, row: &CheckoutRow) -> Result<(), sqlx::Error> {
+    let kind = match row.status.as_str() {
+        "committed" => Kind::OrderCommitted,
+        "aborted" => Kind::OrderAborted,
+        _ => return Ok(()),
+    };
+    let detail = row
+        .problem
+        .as_ref()
+        .and_then(|p| p.get("detail"))
+        .and_then(Value::as_str);
+    let event = Event {
+        customer_id: row.customer_id,
+        kind,
+        source_id: row.order_id,
+        order_id: Some(row.order_id),
+        amount_cents: row.total_cents,
+        detail,
+    };
+    messages::record(conn, &event).await
 }
 
 /// Marks a checkout as handed to the coordinator (`pending`) before a resubmission sends it, so a

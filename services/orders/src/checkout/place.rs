@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::OrderMode;
+use crate::messages::{self, Event, Kind};
 
 /// The branch payload, built by [`super::http`] from the customer's basket and the quoted prices.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,7 +72,11 @@ impl Branch for PlaceOrder {
         Box::pin(async move {
             let placement = Placement::parse(payload)?;
             debit(conn, placement.customer_id, placement.total_cents).await?;
-            insert_order(conn, &placement).await
+            insert_order(conn, &placement).await?;
+            let placed = order_event(&placement, Kind::OrderPlaced);
+            messages::record(conn, &placed).await?;
+            messages::record(conn, &order_event(&placement, Kind::CreditDebited)).await?;
+            Ok(())
         })
     }
 
@@ -99,6 +104,12 @@ impl Branch for PlaceOrder {
                     .bind(total)
                     .execute(&mut *conn)
                     .await?;
+                let refund = Event {
+                    customer_id,
+                    amount_cents: Some(total),
+                    ..order_event(&placement, Kind::CreditRefunded)
+                };
+                messages::record(conn, &refund).await?;
             }
             Ok(())
         })
@@ -169,4 +180,16 @@ async fn insert_order(conn: &mut PgConnection, placement: &Placement) -> Result<
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// A message about the placed order, sharing the branch's transaction (prepared with it in 2PC).
+fn order_event(placement: &Placement, kind: Kind) -> Event<'static> {
+    Event {
+        customer_id: placement.customer_id,
+        kind,
+        source_id: placement.order_id,
+        order_id: Some(placement.order_id),
+        amount_cents: Some(placement.total_cents),
+        detail: None,
+    }
 }

@@ -14,6 +14,7 @@ use super::idempotency::{self, Answer, IdempotencyKey};
 use super::object::Object;
 use super::{AppState, OwnCustomer, customer_not_found};
 use crate::domain::{CreditAmount, Customer};
+use crate::messages::{self, Event, Kind};
 
 /// `amount_cents` stays raw JSON until [`CreditAmount::parse`], so every wrong shape (string, fraction,
 /// 2^63, missing) is a 422 naming the field rather than a generic deserialization error.
@@ -46,7 +47,7 @@ async fn top_up_credit(
     .await
 }
 
-/// Adds `amount` under a row lock, refusing a balance above `cap` (checked before the database would
+/// Adds `amount` under a row lock and records the customer's message, refusing a balance above `cap` (checked before the database would
 /// overflow `bigint`).
 async fn add_credit(
     conn: &mut PgConnection,
@@ -71,12 +72,23 @@ async fn add_credit(
                 ),
             )
         })?;
-    Ok(sqlx::query_as::<_, Customer>(
+    let customer = sqlx::query_as::<_, Customer>(
         "UPDATE customers SET credit_cents = $2 WHERE id = $1
          RETURNING id, email, name, credit_cents, created_at",
     )
     .bind(id)
     .bind(new_balance)
     .fetch_one(&mut *conn)
-    .await?)
+    .await?;
+    // Same transaction as the key row: a replayed Idempotency-Key never reaches this line again.
+    let event = Event {
+        customer_id: id,
+        kind: Kind::CreditToppedUp,
+        source_id: Uuid::now_v7(),
+        order_id: None,
+        amount_cents: Some(amount.cents()),
+        detail: None,
+    };
+    messages::record(conn, &event).await?;
+    Ok(customer)
 }

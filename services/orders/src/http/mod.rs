@@ -10,6 +10,7 @@ use axum::Router;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use platform::auth::{AuthUser, TokenVerifier};
+use platform::db::Pools;
 use platform::extract::Path;
 use platform::{ApiError, FieldError};
 use sqlx::PgPool;
@@ -21,6 +22,7 @@ pub mod credit;
 pub mod customers;
 pub mod idempotency;
 pub mod login;
+pub mod messages;
 pub mod object;
 pub mod orders;
 
@@ -29,7 +31,10 @@ pub use login::Auth;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// Writes and strong reads (the primary).
     pub pool: PgPool,
+    /// Also eventual reads (a replica on a cluster): the message record.
+    pub pools: Pools,
     pub credit: CreditConfig,
     pub auth: Auth,
     /// The peers checkout calls; `None` (no registry) makes checkout answer 503.
@@ -37,9 +42,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, credit: CreditConfig, auth: Auth) -> Self {
+    pub fn new(pools: Pools, credit: CreditConfig, auth: Auth) -> Self {
         AppState {
-            pool,
+            pool: pools.primary().clone(),
+            pools,
             credit,
             auth,
             checkout: None,
@@ -79,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .merge(customers::router())
         .merge(credit::router())
         .merge(orders::router())
+        .merge(messages::router())
         .merge(crate::checkout::http::router())
         .with_state(state)
 }
@@ -89,6 +96,19 @@ pub(crate) fn invalid_fields(errors: Vec<FieldError>) -> ApiError {
     ApiError::check(errors)
         .err()
         .unwrap_or_else(|| ApiError::BadRequest("the request is invalid".into()))
+}
+
+/// 404 unless the customer exists; read on the primary, so a customer who just signed up is found.
+pub(crate) async fn ensure_customer_exists(pool: &PgPool, id: Uuid) -> Result<(), ApiError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(customer_not_found(id))
+    }
 }
 
 /// The 404 for a customer id nobody has.

@@ -17,7 +17,7 @@ use platform::pagination::{Page, PageQuery, PageRequest};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{AppState, OwnCustomer, customer_not_found};
+use super::{AppState, OwnCustomer, ensure_customer_exists};
 use crate::domain::{Order, OrderLine, OrderMode, OrderStatus};
 
 /// The sort key a cursor carries: the last order shown.
@@ -90,18 +90,6 @@ async fn list_customer_orders(
     Ok(Json(Page::from_rows(orders, page.limit, |o| {
         (o.created_at, o.id)
     })))
-}
-
-async fn ensure_customer_exists(pool: &PgPool, id: Uuid) -> Result<(), ApiError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
-    if exists {
-        Ok(())
-    } else {
-        Err(customer_not_found(id))
-    }
 }
 
 #[derive(sqlx::FromRow)]

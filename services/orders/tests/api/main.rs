@@ -8,5 +8,7 @@ mod customers;
 mod database;
 mod helpers;
 mod idempotency;
+mod messages;
+mod messages_cluster;
 mod orders;
 mod sign_up;
