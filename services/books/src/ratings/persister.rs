@@ -274,11 +274,10 @@ pub async fn persist(
     let mut books = cols.book.clone();
     books.sort();
     books.dedup();
+    // No `synchronous_commit = local` here although ratings are eventual data: the stream entries
+    // are acknowledged (XACK) right after this commit, so it must survive a failover — a commit
+    // only the old primary had would vanish with it while its entries are gone from the stream.
     let mut tx = pool.begin().await?;
-    // Ratings are eventual data: no need to wait for a synchronous standby.
-    sqlx::query("SET LOCAL synchronous_commit = local")
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "INSERT INTO ratings (customer_id, book_id, rating_id, stars, text, stream_ms, stream_seq, rated_at)
          SELECT c, b, r, s, t, ms, seq, to_timestamp(at / 1000.0)
