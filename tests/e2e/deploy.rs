@@ -377,3 +377,74 @@ fn check_deployments(manifests: &str) -> anyhow::Result<()> {
     anyhow::ensure!(deployed == expected, "deployments: {deployed:?}");
     Ok(())
 }
+
+/// What the accounts look like in the catalog: roles with their attributes and settings, database
+/// owners and ACLs, and in each database the public schema's ACL and the default privileges.
+async fn accounts_snapshot(server: &testkit::TestPostgres) -> anyhow::Result<Vec<String>> {
+    let root = sqlx::PgPool::connect(&server.admin_url("postgres")).await?;
+    let mut rows: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s super=%s createdb=%s createrole=%s repl=%s login=%s config=%s', \
+         rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolcanlogin, rolconfig) \
+         FROM pg_roles WHERE rolname IN ('books','orders','coordinator','warehouse','warehouse_reader') \
+         UNION ALL SELECT format('%s owner=%s acl=%s', datname, pg_get_userbyid(datdba), datacl) \
+         FROM pg_database WHERE datname IN ('books','orders','coordinator','warehouse') ORDER BY 1",
+    )
+    .fetch_all(&root)
+    .await?;
+    root.close().await;
+    for database in ["books", "orders"] {
+        let pool = sqlx::PgPool::connect(&server.admin_url(database)).await?;
+        let more: Vec<String> = sqlx::query_scalar(
+            "SELECT format('public acl=%s', nspacl) FROM pg_namespace WHERE nspname = 'public' \
+             UNION ALL SELECT format('default %s acl=%s', defaclrole::regrole, defaclacl) \
+             FROM pg_default_acl ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        rows.extend(more.into_iter().map(|row| format!("{database}: {row}")));
+    }
+    Ok(rows)
+}
+
+/// The compose stack's `deploy/postgres/accounts.sql` (run by psql) leaves a server exactly as
+/// `stack::accounts` does from `accounts.toml`, and applying it twice changes nothing.
+#[tokio::test]
+async fn deploy_the_accounts_sql_matches_the_accounts_file() -> anyhow::Result<()> {
+    let by_sql = testkit::TestPostgres::start().await?;
+    let mut args = vec![by_sql.admin_url("postgres"), "-q".into()];
+    args.extend(["-v".into(), "ON_ERROR_STOP=1".into()]);
+    for role in [
+        "books",
+        "orders",
+        "coordinator",
+        "warehouse",
+        "warehouse_reader",
+    ] {
+        let password = testkit::postgres::role_password(role);
+        args.extend(["-v".into(), format!("{role}_password={password}")]);
+    }
+    args.extend(["-f".into(), "deploy/postgres/accounts.sql".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for _ in 0..2 {
+        let Some(output) = tool("psql", &args)? else {
+            return Ok(());
+        };
+        succeeded(&output, "psql -f deploy/postgres/accounts.sql")?;
+    }
+    let by_file = testkit::TestPostgres::start().await?;
+    by_file.apply_accounts().await?;
+    let (sql, file) = (
+        accounts_snapshot(&by_sql).await?,
+        accounts_snapshot(&by_file).await?,
+    );
+    anyhow::ensure!(sql.len() >= 9, "{sql:#?}");
+    anyhow::ensure!(
+        sql == file,
+        "accounts.sql:\n{sql:#?}\naccounts.toml:\n{file:#?}"
+    );
+    // And the passwords it set work.
+    let books = sqlx::PgPool::connect(&by_sql.role_url("books", "books")).await?;
+    books.close().await;
+    Ok(())
+}
