@@ -1,5 +1,5 @@
-//! `bookstore backup`: find the topology, pick the node, pause its replay, dump, always resume,
-//! write the manifest.
+//! `bookstore backup`: find the topology, pick the node, pause its replay just long enough to export
+//! one snapshot per database, resume, dump from the snapshots, write the manifest.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +15,7 @@ use crate::manifest::{DumpFile, Manifest, hash_file};
 use crate::marker::{self, Marker, Recovery};
 use crate::pause;
 use crate::progress;
+use crate::snapshot::{self, Snapshots};
 use crate::tools;
 use crate::topology::{self, Choice, Role, Topology};
 use crate::url::{self, ClusterUrl};
@@ -41,7 +42,7 @@ pub struct BackupArgs {
     #[arg(long, default_value_t = 30)]
     pub pause_timeout: u64,
     /// pg_dump's --lock-wait-timeout in seconds: fail instead of waiting forever for a table lock
-    /// (a DDL lock replayed from the primary stays held while replay is paused).
+    /// (a DDL lock replayed from the primary is held on the replica until the primary commits).
     #[arg(long, default_value_t = 60)]
     pub lock_wait_timeout: u64,
     /// Skip the per-table fingerprints (row count + content hash) that `restore --verify` checks;
@@ -223,6 +224,18 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
 }
 
+/// How often to pause again when replay moved while the snapshots were taken.
+const FREEZE_ATTEMPTS: u32 = 5;
+
+/// The snapshots a backup dumps from and the point they show.
+struct Frozen {
+    snapshots: Snapshots,
+    lsn: String,
+    last_replay_timestamp: Option<String>,
+    paused_at: Option<chrono::DateTime<chrono::Utc>>,
+    resumed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 struct Job {
     bins: PgBinaries,
     url: ClusterUrl,
@@ -237,60 +250,96 @@ struct Job {
 impl Job {
     async fn run(&self) -> anyhow::Result<Manifest> {
         let started_at = chrono::Utc::now();
-        let manifest = match self.choice.node.role {
-            Role::Replica => self.paused_dump(started_at).await?,
-            Role::Primary => {
-                let lsn = self.primary_lsn().await?;
-                let files = self.interruptible(self.dump_all()).await?;
-                self.manifest(started_at, lsn, None, None, None, files)
-            }
+        let frozen = match self.choice.node.role {
+            Role::Replica => self.interruptible(self.freeze()).await?,
+            Role::Primary => self.snapshot_primary().await?,
         };
+        let dumped = self.interruptible(self.dump_all(&frozen.snapshots)).await;
+        frozen.snapshots.release().await;
+        let manifest = self.manifest(
+            started_at,
+            frozen.lsn,
+            frozen.last_replay_timestamp,
+            frozen.paused_at,
+            frozen.resumed_at,
+            dumped?,
+        );
         manifest.write(&self.out)?;
         Ok(manifest)
     }
 
-    /// Pause, dump, re-check, and resume whatever happened in between.
-    async fn paused_dump(
-        &self,
-        started_at: chrono::DateTime<chrono::Utc>,
-    ) -> anyhow::Result<Manifest> {
+    /// Pauses replay, exports every database's snapshot at the paused LSN, checks replay stayed
+    /// put, and resumes — the pause lasts milliseconds, the dumps then read the snapshots. When
+    /// replay moved in between (Patroni resumes any paused replay at its next loop), the snapshots
+    /// are not at one LSN: they are dropped and the whole step is tried again.
+    async fn freeze(&self) -> anyhow::Result<Frozen> {
         let node = &self.choice.node;
-        let marker = Marker::new(&self.state_dir, &node.addr, &node.system_identifier);
         let timeout = Duration::from_secs(self.args.pause_timeout);
-        let mut paused = pause::pause(&self.url, &node.addr, marker, timeout).await?;
-        let paused_at = chrono::Utc::now();
-        progress::note(
-            self.args.quiet,
-            &format!("replay paused on {} at LSN {}", node.addr, paused.lsn),
-        );
-        let mut dumped = self.interruptible(self.dump_all()).await;
-        if dumped.is_ok()
-            && let Err(e) = paused.check_unchanged().await
-        {
-            dumped = Err(e);
-        }
-        let (lsn, replay_ts) = (paused.lsn.clone(), paused.last_replay_timestamp.clone());
-        let resumed = paused.resume().await;
-        let resumed_at = chrono::Utc::now();
-        match (dumped, resumed) {
-            (Ok(files), Ok(())) => {
-                progress::note(self.args.quiet, &format!("replay resumed on {}", node.addr));
-                Ok(self.manifest(
-                    started_at,
-                    lsn,
-                    replay_ts,
-                    Some(paused_at),
-                    Some(resumed_at),
-                    files,
-                ))
+        for attempt in 1..=FREEZE_ATTEMPTS {
+            let marker = Marker::new(&self.state_dir, &node.addr, &node.system_identifier);
+            let mut paused = pause::pause(&self.url, &node.addr, marker, timeout).await?;
+            let paused_at = chrono::Utc::now();
+            let exported = snapshot::export(&self.url, &node.addr, &self.databases).await;
+            let unchanged = match &exported {
+                Ok(_) => paused.check_unchanged().await,
+                Err(_) => Ok(()),
+            };
+            let (lsn, last_replay_timestamp) =
+                (paused.lsn.clone(), paused.last_replay_timestamp.clone());
+            let resumed = paused.resume().await;
+            let resumed_at = chrono::Utc::now();
+            let snapshots = match (exported, resumed) {
+                (Ok(snapshots), Ok(())) => snapshots,
+                (Err(e), Ok(())) => {
+                    return Err(e.context(format!("replay on {} was resumed", node.addr)));
+                }
+                (Ok(snapshots), Err(r)) => {
+                    snapshots.release().await;
+                    return Err(r);
+                }
+                (Err(e), Err(r)) => return Err(anyhow::anyhow!("{e:#}; and then {r:#}")),
+            };
+            if let Err(moved) = unchanged {
+                snapshots.release().await;
+                eprintln!(
+                    "warning: {moved:#} (attempt {attempt} of {FREEZE_ATTEMPTS}); trying again"
+                );
+                continue;
             }
-            (Err(e), Ok(())) => Err(anyhow::anyhow!(
-                "{e:#} (replay on {} was resumed)",
-                node.addr
-            )),
-            (Ok(_), Err(r)) => Err(r),
-            (Err(e), Err(r)) => Err(anyhow::anyhow!("{e:#}; and then {r:#}")),
+            progress::note(
+                self.args.quiet,
+                &format!(
+                    "snapshots of {} taken on {} at LSN {lsn}; replay resumed",
+                    self.databases.join(", "),
+                    node.addr
+                ),
+            );
+            return Ok(Frozen {
+                snapshots,
+                lsn,
+                last_replay_timestamp,
+                paused_at: Some(paused_at),
+                resumed_at: Some(resumed_at),
+            });
         }
+        anyhow::bail!(
+            "replay on {} was resumed by someone else during each of {FREEZE_ATTEMPTS} pauses, so no set of snapshots shares one LSN; is something resuming replay in a tight loop?",
+            node.addr
+        )
+    }
+
+    /// On the primary nothing stands still: each database gets its own snapshot, taken one after
+    /// the other, and the LSN is the primary's once they are all taken.
+    async fn snapshot_primary(&self) -> anyhow::Result<Frozen> {
+        let snapshots =
+            snapshot::export(&self.url, &self.choice.node.addr, &self.databases).await?;
+        Ok(Frozen {
+            snapshots,
+            lsn: self.primary_lsn().await?,
+            last_replay_timestamp: None,
+            paused_at: None,
+            resumed_at: None,
+        })
     }
 
     /// Runs `work` unless SIGINT/SIGTERM comes first; then `work` is dropped, which kills pg_dump.
@@ -316,16 +365,24 @@ impl Job {
         Ok(lsn)
     }
 
-    async fn dump_all(&self) -> anyhow::Result<Vec<DumpFile>> {
+    async fn dump_all(&self, snapshots: &Snapshots) -> anyhow::Result<Vec<DumpFile>> {
         let mut files = Vec::new();
         for (i, database) in self.databases.iter().enumerate() {
             let file = file_name(database, i, &files);
-            files.push(self.dump_one(database, file).await?);
+            files.push(
+                self.dump_one(database, snapshots.id(database)?, file)
+                    .await?,
+            );
         }
         Ok(files)
     }
 
-    async fn dump_one(&self, database: &str, file: String) -> anyhow::Result<DumpFile> {
+    async fn dump_one(
+        &self,
+        database: &str,
+        snapshot: &str,
+        file: String,
+    ) -> anyhow::Result<DumpFile> {
         let addr = &self.choice.node.addr;
         let path = self.out.join(&file);
         let log = self.out.join(format!("{file}.log"));
@@ -336,6 +393,7 @@ impl Job {
             "--verbose".to_owned(),
             "--no-password".to_owned(),
             format!("--lock-wait-timeout={}", self.args.lock_wait_timeout * 1000),
+            format!("--snapshot={snapshot}"),
             format!("--file={}", path.display()),
             format!("--dbname={}", self.url.conninfo(addr, database)),
         ];
@@ -355,7 +413,7 @@ impl Job {
             None
         } else {
             bar.set_message("fingerprinting tables");
-            Some(self.fingerprints(database).await?)
+            Some(self.fingerprints(database, snapshot).await?)
         };
         bar.finish_and_clear();
         let (bytes, sha256) = hash_file(&path)?;
@@ -368,16 +426,20 @@ impl Job {
         })
     }
 
+    /// Fingerprints read the same snapshot as the dump, so they describe exactly what it holds.
     async fn fingerprints(
         &self,
         database: &str,
+        snapshot: &str,
     ) -> anyhow::Result<Vec<fingerprint::TableFingerprint>> {
         let addr = &self.choice.node.addr;
         let mut conn =
             PgConnection::connect_with(&self.url.connect_options(addr, database)).await?;
+        snapshot::import(&mut conn, snapshot).await?;
         let tables = fingerprint::fingerprint_database(&mut conn)
             .await
             .with_context(|| format!("fingerprinting {database} on {addr}"))?;
+        let _ = sqlx::query("COMMIT").execute(&mut conn).await;
         let _ = conn.close().await;
         Ok(tables)
     }

@@ -1,5 +1,5 @@
-//! Per-table fingerprints: row count and a SHA-256 of the rows in a fixed order. Taken on the paused
-//! replica (so they describe the cluster at the backup's LSN) and again on a restored copy; equal
+//! Per-table fingerprints: row count and a SHA-256 of the rows in a fixed order. Taken in the dump's
+//! own snapshot (so they describe the cluster at the backup's LSN) and again on a restored copy; equal
 //! fingerprints mean the restore holds exactly the rows the replica held.
 
 use futures::TryStreamExt;

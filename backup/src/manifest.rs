@@ -28,8 +28,9 @@ pub struct Manifest {
     pub sync_state: Option<SyncState>,
     pub system_identifier: String,
     pub server_version: String,
-    /// The replica's replay LSN while paused: every database shows the cluster at this point. For a
-    /// primary backup, `pg_current_wal_lsn()` when it began (each database has its own snapshot).
+    /// The replica's replay LSN while paused for the snapshots: every database shows the cluster at
+    /// this point. For a primary backup, `pg_current_wal_lsn()` once every database's snapshot was
+    /// taken (each has its own).
     pub lsn: String,
     pub last_replay_timestamp: Option<String>,
     pub started_at: chrono::DateTime<chrono::Utc>,

@@ -1,8 +1,9 @@
 //! Pausing WAL replay on the replica we dump, and the promise to resume it. A paused replica stands
-//! still at one LSN, so every database dumped from it shows the cluster at that single point.
+//! still at one LSN, so the snapshots taken meanwhile ([`crate::snapshot`]) all show the cluster at
+//! that single point; the pause lasts only while they are taken.
 //!
 //! Replay is resumed by [`PausedReplica::resume`] on every path the tool controls (success, error,
-//! SIGINT/SIGTERM — the caller races the dump against the signal). A panic drops the guard, whose
+//! SIGINT/SIGTERM — the caller races the pause against the signal). A panic drops the guard, whose
 //! `Drop` resumes over a fresh connection. Only SIGKILL (or a power cut) leaves a replica paused: the
 //! marker file written before pausing lets the next run find and resume it ([`crate::marker`]).
 

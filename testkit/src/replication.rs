@@ -137,10 +137,15 @@ impl TestReplicaSet {
         options: &ReplicaOptions,
     ) -> anyhow::Result<TestPostgres> {
         let data = backup.dir.path().join("data");
-        let mut lines = vec![format!(
-            "primary_conninfo = '{}'",
-            self.primary_conninfo(&options.name)
-        )];
+        // Feedback as in the Patroni cluster: the primary keeps the rows a replica's open snapshot
+        // (a backup's) still needs, instead of the replica cancelling it after a recovery conflict.
+        let mut lines = vec![
+            format!(
+                "primary_conninfo = '{}'",
+                self.primary_conninfo(&options.name)
+            ),
+            "hot_standby_feedback = on".to_owned(),
+        ];
         lines.extend(options.settings.iter().map(|(k, v)| format!("{k} = '{v}'")));
         if let Some(lsn) = &options.recovery_target_lsn {
             lines.push(format!("recovery_target_lsn = '{lsn}'"));

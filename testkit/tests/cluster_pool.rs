@@ -50,6 +50,10 @@ async fn eventual_reads_avoid_a_paused_replica_and_writes_follow_a_failover() ->
         .find(|m| m.spec.passive)
         .ok_or_else(|| anyhow::anyhow!("no passive member"))?;
     let admin = test.admin_pool(passive, "postgres").await?;
+    // Otherwise Patroni resumes the paused replay at its next loop (PostgreSQL 14+).
+    test.cluster()
+        .set_maintenance(true, Duration::from_secs(30))
+        .await?;
     sqlx::query("SELECT pg_wal_replay_pause()")
         .execute(&admin)
         .await?;
@@ -85,6 +89,9 @@ async fn eventual_reads_avoid_a_paused_replica_and_writes_follow_a_failover() ->
     }
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&admin)
+        .await?;
+    test.cluster()
+        .set_maintenance(false, Duration::from_secs(30))
         .await?;
 
     let old = test.leader().await?.spec.name.clone();

@@ -1,6 +1,6 @@
 //! `bookstore backup` and `bookstore restore` against real streaming replication (a primary and
-//! `pg_basebackup -R` replicas): consistency under write load, the choice of replica, replay resumed
-//! on every way a run can end, and restores that detect tampering.
+//! `pg_basebackup -R` replicas) and the Patroni cluster: consistency under write load, the choice of
+//! replica, replay running again on every way a run can end, and restores that detect tampering.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -327,8 +327,8 @@ async fn the_passive_replica_is_preferred_and_a_synchronous_one_is_never_paused(
 }
 
 /// A replica whose pg_dump will block: the primary holds an ACCESS EXCLUSIVE lock on `bank.accounts`
-/// in an open transaction, the replica replays that lock, and once replay is paused it stays held —
-/// so pg_dump waits (a real dump in progress) until the test acts.
+/// in an open transaction and the replica replays that lock, which it holds until the primary ends
+/// that transaction — so pg_dump waits (a real dump in progress) until the test acts.
 struct BlockedDump {
     set: TestReplicaSet,
     locker: PgConnection,
@@ -395,7 +395,13 @@ impl BlockedDump {
                 .fetch_optional(&mut replica)
                 .await?
             {
-                assert_eq!(pause_state(&self.replica_url()).await?, "paused");
+                // The pause lasted only while the snapshots were exported: the dump reads those.
+                assert_eq!(pause_state(&self.replica_url()).await?, "not paused");
+                assert_eq!(
+                    std::fs::read_dir(self.state_dir())?.count(),
+                    0,
+                    "the pause marker is gone once replay is resumed"
+                );
                 return Ok(pid);
             }
             anyhow::ensure!(
@@ -426,7 +432,7 @@ fn wait_child(child: std::process::Child) -> Output {
 }
 
 #[tokio::test]
-async fn replay_is_resumed_when_the_dump_fails() -> anyhow::Result<()> {
+async fn a_failed_dump_is_reported_and_leaves_no_backup() -> anyhow::Result<()> {
     let blocked = BlockedDump::start().await?;
     let child = blocked.spawn_backup("failed")?;
     let pid = blocked.wait_dump_blocked().await?;
@@ -439,7 +445,7 @@ async fn replay_is_resumed_when_the_dump_fails() -> anyhow::Result<()> {
     assert!(!output.status.success(), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("pg_dump failed") && stderr.contains("was resumed"),
+        stderr.contains("pg_dump failed") && stderr.contains("dumping bank"),
         "{stderr}"
     );
     assert_eq!(pause_state(&blocked.replica_url()).await?, "not paused");
@@ -451,7 +457,7 @@ async fn replay_is_resumed_when_the_dump_fails() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn replay_is_resumed_when_the_backup_is_interrupted_mid_dump() -> anyhow::Result<()> {
+async fn a_backup_interrupted_mid_dump_stops_cleanly() -> anyhow::Result<()> {
     let blocked = BlockedDump::start().await?;
     let child = blocked.spawn_backup("interrupted")?;
     blocked.wait_dump_blocked().await?;
@@ -459,33 +465,27 @@ async fn replay_is_resumed_when_the_backup_is_interrupted_mid_dump() -> anyhow::
     let output = tokio::task::spawn_blocking(move || wait_child(child)).await?;
     assert!(!output.status.success(), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("interrupted") && stderr.contains("was resumed"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
     assert_eq!(pause_state(&blocked.replica_url()).await?, "not paused");
-    assert_eq!(
-        std::fs::read_dir(blocked.state_dir())?.count(),
-        0,
-        "the pause marker is removed"
+    assert!(
+        !blocked.dir.path().join("interrupted").exists(),
+        "no partial backup left behind"
     );
     blocked.release_and_check_replay_moves().await
 }
 
+/// SIGKILL runs no handler. Killed mid-dump, a run leaves nothing behind on the replica (its pause
+/// ended when the snapshots were taken). Killed in the milliseconds of the pause itself, it leaves
+/// the replica paused and its marker on disk — the state the test builds by hand, as such a kill
+/// cannot be aimed — and the next run resumes that replica before anything else.
 #[tokio::test]
-async fn a_replica_left_paused_by_a_killed_run_is_resumed_by_the_next_run() -> anyhow::Result<()> {
+async fn a_killed_run_leaves_replay_running_or_is_resumed_by_the_next_run() -> anyhow::Result<()> {
     let mut blocked = BlockedDump::start().await?;
     let mut child = blocked.spawn_backup("killed")?;
     blocked.wait_dump_blocked().await?;
-    child.kill()?; // SIGKILL: no handler runs
+    child.kill()?;
     child.wait()?;
-    // The failure this guards against: the replica stays paused, and the marker says by whom.
-    assert_eq!(pause_state(&blocked.replica_url()).await?, "paused");
-    assert_eq!(
-        std::fs::read_dir(blocked.state_dir())?.count(),
-        1,
-        "a pause marker is left"
-    );
+    assert_eq!(pause_state(&blocked.replica_url()).await?, "not paused");
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut blocked.locker)
         .await?;
@@ -495,6 +495,29 @@ async fn a_replica_left_paused_by_a_killed_run_is_resumed_by_the_next_run() -> a
         "the killed run's sessions to end",
     )
     .await?;
+
+    let mut replica = PgConnection::connect(&blocked.replica_url()).await?;
+    let system_identifier: String =
+        sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()")
+            .fetch_one(&mut replica)
+            .await?;
+    let node = backup::url::HostPort {
+        host: "127.0.0.1".into(),
+        port: blocked.set.replicas[0].port(),
+    };
+    let mut marker = backup::marker::Marker::new(&blocked.state_dir(), &node, &system_identifier);
+    marker.pid = dead_pid()?;
+    marker.write()?;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut replica)
+        .await?;
+    wait_sql(
+        &blocked.replica_url(),
+        "SELECT pg_get_wal_replay_pause_state() = 'paused'",
+        "replay to pause",
+    )
+    .await?;
+
     let out = blocked.dir.path().join("next");
     let next = run_backup(&blocked.set.url("bank"), &out, &blocked.state_dir(), &[]);
     assert!(next.status.success(), "{}", text(&next));
@@ -507,6 +530,14 @@ async fn a_replica_left_paused_by_a_killed_run_is_resumed_by_the_next_run() -> a
     assert_eq!(pause_state(&blocked.replica_url()).await?, "not paused");
     assert_eq!(std::fs::read_dir(blocked.state_dir())?.count(), 0);
     blocked.release_and_check_replay_moves().await
+}
+
+/// The pid of a process that has exited.
+fn dead_pid() -> anyhow::Result<u32> {
+    let mut child = Command::new("true").spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    Ok(pid)
 }
 
 #[tokio::test]
@@ -633,8 +664,11 @@ fn a_malformed_url_is_one_clear_sentence_naming_the_fault() {
 }
 
 /// The same command against the Patroni cluster `bookstore up` runs: given every member in one URL
-/// it recognises the passive member from SQL alone, backs up from it while transfers commit on the
-/// leader, resumes its replay, and the restore verifies with the money sum intact.
+/// it recognises the passive member from SQL alone and backs up from it while transfers commit on
+/// the leader. The dump is held on a replayed table lock for longer than two Patroni loops — Patroni
+/// resumes any paused replay at its next loop, which broke a backup that kept replay paused while it
+/// dumped — and it can only get that lock because replay runs on during the dump (the lock's release
+/// is replayed). The restore verifies with the money sum intact.
 #[tokio::test]
 async fn a_backup_of_the_patroni_cluster_comes_from_its_passive_member() -> anyhow::Result<()> {
     let test = TestCluster::start(3).await?;
@@ -645,6 +679,11 @@ async fn a_backup_of_the_patroni_cluster_comes_from_its_passive_member() -> anyh
         &cluster.admin_url(leader, "bank"),
     )
     .await?;
+    let passive = cluster
+        .members
+        .iter()
+        .find(|m| m.spec.passive)
+        .ok_or_else(|| anyhow::anyhow!("a 3-member test cluster has a passive member"))?;
     let (stop, done) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -655,23 +694,43 @@ async fn a_backup_of_the_patroni_cluster_comes_from_its_passive_member() -> anyh
         async move { Ok(n >= 20) }
     })
     .await?;
+    let passive_bank = cluster.admin_url(passive, "bank");
+    let mut locker = PgConnection::connect(&cluster.admin_url(leader, "bank")).await?;
+    sqlx::raw_sql("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE; SELECT pg_switch_wal()")
+        .execute(&mut locker)
+        .await?;
+    wait_sql(
+        &passive_bank,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'accounts'::regclass)",
+        "the passive member to replay the lock",
+    )
+    .await?;
+
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("b");
     let state = dir.path().join("state");
     let url = cluster.admin_cluster_url("bank");
     let backup = {
         let out = out.clone();
-        tokio::task::spawn_blocking(move || run_backup(&url, &out, &state, &[])).await?
+        tokio::task::spawn_blocking(move || run_backup(&url, &out, &state, &[]))
     };
+    wait_sql(
+        &passive_bank,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'bookstore-backup' AND wait_event_type = 'Lock')",
+        "pg_dump to wait for the replayed lock",
+    )
+    .await?;
+    // Not a timing assertion: this gives Patroni's loop two chances to resume a paused replay.
+    tokio::time::sleep(Duration::from_secs(
+        2 * stack::cluster::patroni::LOOP_WAIT_SECONDS + 1,
+    ))
+    .await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await?;
+    let backup = backup.await?;
     stop.store(true, Ordering::Relaxed);
     writer.await??;
     assert!(backup.status.success(), "{}", text(&backup));
 
-    let passive = cluster
-        .members
-        .iter()
-        .find(|m| m.spec.passive)
-        .ok_or_else(|| anyhow::anyhow!("a 3-member test cluster has a passive member"))?;
     let m = manifest(&out)?;
     assert_eq!(m["role"], "replica");
     assert_eq!(m["node"], format!("127.0.0.1:{}", passive.spec.pg_port));

@@ -253,6 +253,36 @@ impl Cluster {
         self.members.iter().find(|m| m.spec.name == name)
     }
 
+    /// Turns Patroni's maintenance mode on or off and waits until every member's Patroni reports it.
+    /// While it is on Patroni changes nothing — no failover, and on PostgreSQL 14+ no resuming of a
+    /// replay someone paused (it resumes any paused replay otherwise) — which a deliberate, lasting
+    /// pause of replay needs.
+    pub async fn set_maintenance(&self, on: bool, within: Duration) -> anyhow::Result<()> {
+        let leader = self.wait_for_leader(within).await?;
+        self.http
+            .patch(format!("{}/config", leader.spec.rest_url()))
+            .json(&serde_json::json!({ "pause": on }))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut all = true;
+            for member in &self.members {
+                all &= patroni::maintenance(&self.http, &member.spec.rest_url()).await == Some(on);
+            }
+            if all {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "not every Patroni member reported maintenance mode {on} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until some member leads and its PostgreSQL accepts writes.
     pub async fn wait_for_leader(&self, within: Duration) -> anyhow::Result<&Member> {
         let deadline = tokio::time::Instant::now() + within;

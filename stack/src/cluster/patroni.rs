@@ -65,6 +65,10 @@ impl MemberSpec {
         });
         if self.passive {
             parameters["bookstore.nofailover"] = json!("on");
+            // The backup member: replay waits for a conflicting query (a backup's snapshot holding
+            // a lock a replayed DDL wants) instead of cancelling it after 30 s. It never becomes
+            // primary or sync standby, so its lag delays nobody's commit.
+            parameters["max_standby_streaming_delay"] = json!("-1");
         }
         json!({
             "scope": self.scope,
@@ -232,6 +236,21 @@ pub async fn cluster_view(
     Ok(view.members)
 }
 
+/// Whether the member's Patroni is in maintenance mode (`GET /patroni` shows `"pause": true`);
+/// `None` when it cannot be asked.
+pub async fn maintenance(http: &reqwest::Client, rest_url: &str) -> Option<bool> {
+    let status: Value = http
+        .get(format!("{rest_url}/patroni"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(status["pause"].as_bool().unwrap_or(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,9 +280,14 @@ mod tests {
             config["postgresql"]["parameters"]["bookstore.nofailover"],
             "on"
         );
+        assert_eq!(
+            config["postgresql"]["parameters"]["max_standby_streaming_delay"],
+            "-1"
+        );
         let active = spec(false).config();
         assert_eq!(active["tags"]["nofailover"], false);
         assert!(active["postgresql"]["parameters"]["bookstore.nofailover"].is_null());
+        assert!(active["postgresql"]["parameters"]["max_standby_streaming_delay"].is_null());
     }
 
     #[test]
