@@ -2,6 +2,12 @@
 //! `/v1/health/service/<name>?passing`. Publishes only when the set changes, keeps the last known set
 //! while the registry is down (the gateway keeps routing), and starts over from index 0 when the index
 //! goes backwards or the registry was unreachable (it may have restarted with a fresh index).
+//!
+//! A registry that restarted knows nobody until each instance's agent registers again (within a
+//! heartbeat). For one check TTL after such a return the watch therefore publishes the answer *plus*
+//! the instances it knew before: an empty or partial answer then means "not re-registered yet", not
+//! "gone" — the same benefit of the doubt the registry gives a silent instance. After that the
+//! answer is taken as it is.
 
 use std::time::Duration;
 
@@ -48,7 +54,7 @@ pub fn watch_healthy(
 pub async fn healthy_once(config: &RegistryConfig, service: &str) -> anyhow::Result<Vec<Instance>> {
     anyhow::ensure!(config.is_enabled(), "no registry is configured");
     let client = http_client(ONCE_TIMEOUT)?;
-    let (instances, _) = query(&client, config, service, 0).await?;
+    let (instances, _) = query(&client, config, service, 0, WATCH_WAIT).await?;
     Ok(instances)
 }
 
@@ -62,20 +68,37 @@ async fn follow(
     let mut index = 0;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut reachable = true;
+    let grace = Duration::from_secs(config.ttl_seconds.max(1));
+    let mut returned: Option<Returned> = None;
     loop {
+        let wait = returned
+            .as_ref()
+            .and_then(|r| r.grace_left(grace))
+            .map_or(WATCH_WAIT, |left| left.min(WATCH_WAIT));
         let answer = tokio::select! {
             () = shutdown.cancelled() => return,
-            answer = query(client, config, service, index) => answer,
+            answer = query(client, config, service, index, wait) => answer,
         };
         match answer {
             Ok((instances, new_index)) => {
                 if !reachable {
                     tracing::info!(service = %service, "registry reachable again");
                     reachable = true;
+                    returned = Some(Returned::now(sender));
                 }
                 backoff.reset();
                 // Backwards means a restarted registry: ask afresh rather than block on a stale index.
+                if new_index < index {
+                    returned = Some(Returned::now(sender));
+                }
                 index = if new_index < index { 0 } else { new_index };
+                let instances = match returned.as_ref().filter(|r| r.grace_left(grace).is_some()) {
+                    Some(r) => r.with_known(instances),
+                    None => {
+                        returned = None;
+                        instances
+                    }
+                };
                 let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
                 let changed = sender.send_if_modified(|known| {
                     let changed = *known != instances;
@@ -102,21 +125,54 @@ async fn follow(
     }
 }
 
-/// The healthy instances, sorted by ID, and the `X-Consul-Index` of the answer.
+/// The registry's return after an outage or a restart, and what the watch knew before it.
+struct Returned {
+    at: tokio::time::Instant,
+    known: Vec<Instance>,
+}
+
+impl Returned {
+    fn now(sender: &watch::Sender<Vec<Instance>>) -> Returned {
+        Returned {
+            at: tokio::time::Instant::now(),
+            known: sender.borrow().clone(),
+        }
+    }
+
+    /// Time left to trust the instances known before the return; `None` once it is over.
+    fn grace_left(&self, grace: Duration) -> Option<Duration> {
+        grace
+            .checked_sub(self.at.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// The answer plus the instances known before that it does not list (yet), sorted by ID.
+    fn with_known(&self, mut instances: Vec<Instance>) -> Vec<Instance> {
+        for known in &self.known {
+            if !instances.iter().any(|i| i.id == known.id) {
+                instances.push(known.clone());
+            }
+        }
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        instances
+    }
+}
+
+/// The healthy instances, sorted by ID, and the `X-Consul-Index` of the answer. A blocking query
+/// (index > 0) waits at most `wait` (whole seconds, at least one) for a change.
 async fn query(
     client: &reqwest::Client,
     config: &RegistryConfig,
     service: &str,
     index: u64,
+    wait: Duration,
 ) -> anyhow::Result<(Vec<Instance>, u64)> {
     let mut url = config.endpoint(&["v1", "health", "service", service])?;
     if index == 0 {
         url.set_query(Some("passing"));
     } else {
-        url.set_query(Some(&format!(
-            "passing&index={index}&wait={}s",
-            WATCH_WAIT.as_secs()
-        )));
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        url.set_query(Some(&format!("passing&index={index}&wait={seconds}s")));
     }
     let response = client.get(url).send().await?;
     let status = response.status();

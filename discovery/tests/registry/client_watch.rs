@@ -95,3 +95,62 @@ async fn the_watch_keeps_the_last_set_while_the_registry_is_down_and_follows_it_
     let _ = agent.await;
     registry.stop().await;
 }
+
+/// A registry that restarts empty knows no instance until each registers again. The watch keeps the
+/// instances it knew for one check TTL, alongside whatever registers anew, so the set never shows
+/// empty meanwhile (a gateway would answer 503); an instance that has not come back after the TTL is
+/// believed gone.
+#[tokio::test]
+async fn a_registry_restarted_empty_keeps_the_known_instances_for_one_ttl() {
+    let registry = TestRegistry::start().await;
+    let config = discovery::client::RegistryConfig {
+        ttl_seconds: 3,
+        ..fast_config(registry.url())
+    };
+    let stop = CancellationToken::new();
+    let mut healthy = watch_healthy(&config, "books", stop.clone());
+    // Registered by hand, not by an agent: nothing registers it again after the restart.
+    let register = |id: &'static str, port: u16| {
+        json!({"ID": id, "Name": "books", "Port": port,
+            "Check": {"TTL": "30s", "Status": "passing"}})
+    };
+    registry
+        .put("/v1/agent/service/register", register("books-1", 1))
+        .await;
+    until_ids(&mut healthy, &["books-1"]).await;
+    let mut recorder = healthy.clone();
+    let published = tokio::spawn(async move {
+        let mut sets = Vec::new();
+        while recorder.changed().await.is_ok() {
+            let ids: Vec<String> = recorder.borrow().iter().map(|i| i.id.clone()).collect();
+            let done = ids == ["books-2"];
+            sets.push(ids);
+            if done {
+                break;
+            }
+        }
+        sets
+    });
+
+    let addr = registry.addr;
+    registry.stop().await;
+    let registry = TestRegistry::start_on(&addr.to_string()).await;
+    // Long enough for the watch to be answered by the empty registry (not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    registry
+        .put("/v1/agent/service/register", register("books-2", 2))
+        .await;
+    until_ids(&mut healthy, &["books-1", "books-2"]).await;
+    until_ids(&mut healthy, &["books-2"]).await;
+
+    let sets = tokio::time::timeout(Duration::from_secs(5), published)
+        .await
+        .expect("the recorder saw the final set")
+        .expect("the recorder ran");
+    assert!(
+        sets.iter().all(|set| !set.is_empty()),
+        "the set was published empty: {sets:?}"
+    );
+    stop.cancel();
+    registry.stop().await;
+}
