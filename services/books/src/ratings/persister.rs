@@ -301,13 +301,21 @@ pub async fn persist(
     .await
     .context("Failed to upsert ratings")?;
     // Recomputed, never incremented: replaying a batch cannot count anything twice. Locked in id
-    // order, like checkout, so the two never deadlock. `version` is not bumped: a rating is not an
-    // edit of the book, and must not make an admin's If-Match fail.
+    // order, like checkout, so the two never deadlock, and *before* the statement that counts: in
+    // READ COMMITTED that statement's snapshot is then taken after the lock is held, so it sees every
+    // batch committed by a persister that held the lock first (one statement doing both counted from
+    // a snapshot older than its lock wait). `version` is not bumped: a rating is not an edit of the
+    // book, and must not make an admin's If-Match fail.
+    sqlx::query("SELECT id FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&books)
+        .execute(&mut *tx)
+        .await
+        .context("Failed to lock the rated books")?;
     sqlx::query(
         "UPDATE books SET rating_count = t.count, rating_sum = t.sum
            FROM (SELECT id, (SELECT count(*) FROM ratings WHERE book_id = id) AS count,
                         (SELECT coalesce(sum(stars), 0) FROM ratings WHERE book_id = id) AS sum
-                   FROM (SELECT id FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE) locked) t
+                   FROM books WHERE id = ANY($1)) t
           WHERE books.id = t.id",
     )
     .bind(&books)
