@@ -144,7 +144,7 @@ where
     F: FnOnce(Option<PathBuf>, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    platform::telemetry::init();
+    platform::telemetry::init_service(name, args.config.as_deref());
     platform::metrics::install(name);
     let shutdown = platform::shutdown::on_signal();
     let result = body(args.config, shutdown).await;
