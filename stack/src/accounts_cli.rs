@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Connection as _, PgPool};
 
 use crate::accounts::{self, Accounts};
 use crate::state::Secrets;
@@ -173,15 +173,15 @@ async fn find_primary(url: &str, wait: Duration) -> anyhow::Result<PgConnectOpti
 }
 
 async fn in_recovery(member: &PgConnectOptions) -> anyhow::Result<bool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(member.clone())
-        .await?;
+    // One plain connection, so a refused or failed login is reported as what it is.
+    let connect = PgConnection::connect_with(member);
+    let mut connection = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 5 s"))??;
     let standby = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&pool)
+        .fetch_one(&mut connection)
         .await;
-    pool.close().await;
+    let _ = connection.close().await;
     Ok(standby?)
 }
 

@@ -19,11 +19,12 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::{AnyValue as Any, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::Value;
 use testkit::TestPlatform;
 
 use crate::bookstore;
 use crate::checkout::Shop;
+use crate::traces::{committed_checkout, unique_trace_id};
 
 /// One span as the receiver got it: ids in lowercase hex, parent empty for a root.
 #[derive(Debug, Clone)]
@@ -226,25 +227,15 @@ async fn otlp_export_sends_one_linked_trace_from_gateway_through_orders_and_the_
     let customer = shop.customer(10_000).await?;
 
     // A checkout under the client's own trace: the gateway's span is the child of the client's.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let trace_id = format!("{:024x}{:08x}", nanos.as_nanos(), std::process::id());
+    let trace_id = unique_trace_id()?;
     let client_span = format!("{:016x}", u64::from(std::process::id()).max(1) << 8);
-    let answer = shop
-        .client
-        .post(format!("{}/api/checkout", shop.gateway))
-        .bearer_auth(&customer.token)
-        .header("idempotency-key", "otlp-1")
-        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
-        .json(&json!({"mode": "2pc", "items": [{"book_id": book, "quantity": 1}]}))
-        .send()
-        .await?;
-    let status = answer.status().as_u16();
-    let order: Value = answer.json().await?;
-    assert!(status == 201 || status == 202, "{status}: {order}");
-    let settled = shop
-        .settle(&customer, order["id"].as_str().unwrap_or_default())
-        .await?;
-    assert_eq!(settled["status"], "committed", "{settled}");
+    committed_checkout(
+        &shop,
+        &customer,
+        &book,
+        &format!("00-{trace_id}-{client_span}-01"),
+    )
+    .await?;
 
     let chain = |spans: &[Received]| -> Option<[Received; 4]> {
         let gateway = spans
