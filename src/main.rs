@@ -50,6 +50,8 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// Run the data warehouse (scheduled ETL + reports API), or `warehouse load` for one load now.
     Warehouse(WarehouseArgs),
+    /// Apply the database accounts (deploy/postgres/accounts.toml) to a server or cluster.
+    Accounts(stack::accounts_cli::AccountsArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,6 +133,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Coordinator(args) => component("coordinator", args, run_coordinator).await,
         Command::Backup(args) => backup::backup::run(args).await,
         Command::Restore(args) => backup::restore::run(args).await,
+        Command::Accounts(args) => stack::accounts_cli::run(args).await,
         Command::Warehouse(WarehouseArgs {
             component: args,
             action: Some(WarehouseAction::Load { full }),
@@ -144,7 +147,7 @@ where
     F: FnOnce(Option<PathBuf>, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    platform::telemetry::init();
+    platform::telemetry::init_service(name, args.config.as_deref());
     platform::metrics::install(name);
     let shutdown = platform::shutdown::on_signal();
     let result = body(args.config, shutdown).await;

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod limits;
 pub mod live_gauges;
 pub mod metrics;
+pub mod otlp;
 pub mod pagination;
 pub mod problem;
 pub mod server;

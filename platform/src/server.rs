@@ -255,16 +255,26 @@ fn request_span(request: &Request) -> tracing::Span {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %header(&REQUEST_ID),
         trace_id = %trace_id_of(header(&TRACEPARENT)).unwrap_or_default(),
-    )
+        // Recorded only when spans are exported (OTLP); empty fields stay out of the logs.
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+    );
+    if crate::otlp::enabled() {
+        crate::otlp::continue_request(&span, request);
+    }
+    span
 }
 
-fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
+    if crate::otlp::enabled() {
+        crate::otlp::record_status(span, response.status());
+    }
     tracing::info!(
         status = response.status().as_u16(),
         latency_ms = latency.as_secs_f64() * 1000.0,
@@ -282,6 +292,9 @@ fn ensure_traceparent(mut request: Request) -> Request {
         .is_some_and(|v| trace_id_of(v).is_some());
     if !valid && let Ok(value) = HeaderValue::try_from(new_traceparent()) {
         request.headers_mut().insert(TRACEPARENT, value);
+        if crate::otlp::enabled() {
+            request.extensions_mut().insert(crate::otlp::StartedHere);
+        }
     }
     request
 }

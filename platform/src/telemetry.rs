@@ -8,6 +8,7 @@
 //! the process was logged), and may be called before any other exit.
 
 use std::io::{self, BufWriter, Write};
+use std::path::Path;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -18,6 +19,16 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// Initialises logging once: JSON lines on stdout, level from `RUST_LOG` (default `info`).
 /// `BOOKSTORE_LOG_FORMAT=pretty` gives human-readable lines for local debugging.
 pub fn init() {
+    init_logs(None);
+}
+
+/// [`init`] for a component's process: also exports its spans as `service` over OTLP when an
+/// endpoint is configured (the environment or `file`'s `telemetry` section, see [`crate::otlp`]).
+pub fn init_service(service: &str, file: Option<&Path>) {
+    init_logs(Some((service, file)));
+}
+
+fn init_logs(service: Option<(&str, Option<&Path>)>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn,h2=warn,tower_http=warn")
     });
@@ -26,9 +37,11 @@ pub fn init() {
     let result = if pretty {
         registry
             .with(fmt::layer().with_target(false).with_writer(Stdout))
+            .with(service.and_then(|(name, file)| crate::otlp::layer(name, file)))
             .try_init()
     } else {
         registry
+            .with(service.and_then(|(name, file)| crate::otlp::layer(name, file)))
             .with(
                 fmt::layer()
                     .json()
@@ -46,9 +59,11 @@ pub fn init() {
     }
 }
 
-/// Writes every queued line and waits for that, then writes later lines directly (synchronously).
-/// Idempotent; lines logged while it runs wait for it, so their order is kept and none is lost.
+/// Writes every queued line and waits for that, then writes later lines directly (synchronously);
+/// first sends the spans buffered for OTLP export, if on, and stops it. Idempotent; lines logged
+/// while it runs wait for it, so their order is kept and none is lost.
 pub fn flush() {
+    crate::otlp::shutdown();
     let mut queue = QUEUE.write().unwrap_or_else(PoisonError::into_inner);
     // Dropping the guard makes the worker write what is queued and stop (waiting up to a second).
     drop(queue.take());

@@ -43,9 +43,14 @@ pub fn outgoing() -> Option<HeaderValue> {
     child_of(current()?.to_str().ok()?)
 }
 
-/// `traceparent` continued by one hop: same version, trace id and flags, a fresh parent id.
+/// `traceparent` continued by one hop: same version, trace id and flags, a new parent id — the
+/// current span's when spans are exported (so the collector links the next hop under it), else a
+/// fresh random one.
 pub fn child_of(traceparent: &str) -> Option<HeaderValue> {
     let trace_id = trace_id_of(traceparent)?;
+    if let Some(exported) = crate::otlp::traceparent_from_current_span(trace_id) {
+        return Some(exported);
+    }
     let flags = traceparent.rsplit('-').next()?;
     let parent: u64 = rand::random();
     HeaderValue::try_from(format!("00-{trace_id}-{:016x}-{flags}", parent.max(1))).ok()

@@ -137,12 +137,14 @@ async fn exec(pool: &PgPool, sql: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `role` or resets its password, and takes away any power beyond logging in.
+/// Creates `role` or resets its password, and takes away any power beyond logging in. The password
+/// may hold any character (operators choose them for `accounts apply`): the server quotes it
+/// (`format('%L')`), and no error message repeats the statement that carries it.
 pub async fn ensure_login_role(root: &PgPool, role: &str, password: &str) -> anyhow::Result<()> {
     check_identifier(role)?;
     anyhow::ensure!(
-        !password.is_empty() && password.chars().all(|c| c.is_ascii_alphanumeric()),
-        "generated passwords are alphanumeric"
+        !password.is_empty() && !password.contains('\0'),
+        "the password of role {role} is empty or holds a NUL character"
     );
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
@@ -150,13 +152,20 @@ pub async fn ensure_login_role(root: &PgPool, role: &str, password: &str) -> any
             .fetch_one(root)
             .await?;
     let verb = if exists { "ALTER" } else { "CREATE" };
-    exec(
-        root,
-        format!(
-            "{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '{password}'"
-        ),
+    let statement: String = sqlx::query_scalar(
+        "SELECT format('%s ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+         PASSWORD %L', $1::text, $2::text, $3::text)",
     )
-    .await
+    .bind(verb)
+    .bind(role)
+    .bind(password)
+    .fetch_one(root)
+    .await?;
+    sqlx::query(AssertSqlSafe(statement))
+        .execute(root)
+        .await
+        .map_err(|e| anyhow::anyhow!("{verb} ROLE {role} … PASSWORD …: {e}"))?;
+    Ok(())
 }
 
 /// Creates `database` owned by `owner` if missing; only its owner (and superusers) may connect.

@@ -4,6 +4,7 @@
 //! what tests start is what users run.
 
 pub mod accounts;
+pub mod accounts_cli;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;

@@ -2,7 +2,8 @@
 //! without a container engine can: the compose file parses with `docker-compose config`, every
 //! command run from the bookstore image is a real subcommand, every mounted or `COPY`ed file exists,
 //! the Kubernetes manifests pass an offline schema validator, and the Postman compose environment
-//! points at the port the gateway is published on. Nothing here starts a container.
+//! points at the port the gateway is published on; the compose stack's `bookstore accounts apply`
+//! job is run against a real primary and replica. Nothing here starts a container.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -158,7 +159,10 @@ fn deploy_the_compose_stack_has_every_part_with_ready_checks_and_consul() -> any
     ] {
         anyhow::ensure!(services.contains_key(part), "no {part} in the compose file");
     }
-    for (key, service) in services.iter().filter(|(_, s)| is_bookstore(s)) {
+    for (key, service) in services
+        .iter()
+        .filter(|(_, s)| is_bookstore(s) && !is_job(s))
+    {
         let check = serde_norway::to_string(&service["healthcheck"]["test"])?;
         anyhow::ensure!(
             check.contains("/health/ready"),
@@ -169,6 +173,57 @@ fn deploy_the_compose_stack_has_every_part_with_ready_checks_and_consul() -> any
         anyhow::ensure!(
             env["BOOKSTORE_REGISTRY__URL"].as_str() == Some("http://consul:8500"),
             "{} does not register with Consul: {env:?}",
+            name(key)
+        );
+    }
+    Ok(())
+}
+
+/// A one-shot job (it runs to completion once: no restart, no readiness).
+fn is_job(service: &Value) -> bool {
+    service["restart"].as_str() == Some("no")
+}
+
+/// The accounts job runs `bookstore accounts apply` on every member, after the first is healthy,
+/// with the superuser password and one password variable for every role of the accounts file; the
+/// services wait for it to succeed.
+#[test]
+fn deploy_the_compose_accounts_job_applies_the_accounts_file_with_every_password()
+-> anyhow::Result<()> {
+    let Some(config) = compose_config()? else {
+        return Ok(());
+    };
+    let services = services(&config)?;
+    let job = &config["services"]["accounts"];
+    anyhow::ensure!(is_bookstore(job) && is_job(job), "accounts: {job:?}");
+    let command: Vec<&str> = job["command"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    anyhow::ensure!(command[..2] == ["accounts", "apply"], "{command:?}");
+    let url = command
+        .iter()
+        .skip_while(|arg| **arg != "--url")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no --url: {command:?}"))?;
+    anyhow::ensure!(url.contains("pg-1:5432,pg-2:5432,pg-3:5432"), "{url}");
+    let env = &job["environment"];
+    anyhow::ensure!(env["PGPASSWORD"].is_string(), "no PGPASSWORD: {env:?}");
+    for role in stack::accounts::Accounts::shipped()?.roles() {
+        let variable = stack::accounts_cli::password_variable(role);
+        anyhow::ensure!(env[variable.as_str()].is_string(), "no {variable}: {env:?}");
+    }
+    for (key, service) in services
+        .iter()
+        .filter(|(_, s)| is_bookstore(s) && !is_job(s))
+    {
+        let after = service["depends_on"]["accounts"]["condition"].as_str();
+        let waits = after == Some("service_completed_successfully");
+        anyhow::ensure!(
+            waits || name(key) == "gateway",
+            "{} does not wait for accounts",
             name(key)
         );
     }
@@ -341,12 +396,24 @@ fn deploy_the_k8s_manifests_pass_the_schema_validator_and_run_real_subcommands()
     check_deployments(&manifests)
 }
 
-/// Every Deployment runs a real subcommand and has readiness and liveness probes and resources.
+/// Every Deployment runs a real subcommand and has readiness and liveness probes and resources; the
+/// one Job applies the accounts.
 fn check_deployments(manifests: &str) -> anyhow::Result<()> {
     let known = subcommands()?;
     let mut deployed = BTreeSet::new();
+    let mut jobs = 0;
     for document in serde_norway::Deserializer::from_str(manifests) {
         let resource = Value::deserialize(document)?;
+        if resource["kind"].as_str() == Some("Job") {
+            let args = &resource["spec"]["template"]["spec"]["containers"][0]["args"];
+            let command = (args[0].as_str(), args[1].as_str());
+            anyhow::ensure!(
+                command == (Some("accounts"), Some("apply")),
+                "job runs {args:?}"
+            );
+            anyhow::ensure!(known.contains("accounts"), "no accounts subcommand");
+            jobs += 1;
+        }
         if resource["kind"].as_str() != Some("Deployment") {
             continue;
         }
@@ -375,6 +442,7 @@ fn check_deployments(manifests: &str) -> anyhow::Result<()> {
         .map(str::to_owned)
         .into();
     anyhow::ensure!(deployed == expected, "deployments: {deployed:?}");
+    anyhow::ensure!(jobs == 1, "the accounts Job is missing");
     Ok(())
 }
 
@@ -407,44 +475,98 @@ async fn accounts_snapshot(server: &testkit::TestPostgres) -> anyhow::Result<Vec
     Ok(rows)
 }
 
-/// The compose stack's `deploy/postgres/accounts.sql` (run by psql) leaves a server exactly as
-/// `stack::accounts` does from `accounts.toml`, and applying it twice changes nothing.
+/// The superuser password inside a `postgres://user:password@host/…` URL.
+fn password_in(url: &str) -> anyhow::Result<String> {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo)
+        .ok_or_else(|| anyhow::anyhow!("no user in {url}"))?;
+    let (_, password) = userinfo
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("no password in {url}"))?;
+    Ok(password.to_owned())
+}
+
+/// `bookstore accounts apply` as the compose stack's `accounts` job runs it: a multi-host URL
+/// without a password (`PGPASSWORD` gives it), role passwords from `<ROLE>_DB_PASSWORD`.
+fn accounts_apply(url: &str, superuser: &str, roles: &[(&str, String)]) -> anyhow::Result<Output> {
+    let mut command = Command::new(bookstore());
+    command
+        .args(["accounts", "apply", "--url", url, "--wait", "30"])
+        .env("PGPASSWORD", superuser);
+    for (role, password) in roles {
+        command.env(stack::accounts_cli::password_variable(role), password);
+    }
+    Ok(command.output()?)
+}
+
+/// The compose stack's accounts job, `bookstore accounts apply`, against a primary with a streaming
+/// replica, through a URL that names the replica first: it finds the primary, leaves the catalog
+/// exactly as `up`'s own path (`stack::accounts`) leaves another server, changes nothing when run
+/// again, and the passwords it was given — quotes and spaces included — log in. Without a password
+/// for every role it refuses, naming the variables, before touching the server.
 #[tokio::test]
-async fn deploy_the_accounts_sql_matches_the_accounts_file() -> anyhow::Result<()> {
-    let by_sql = testkit::TestPostgres::start().await?;
-    let mut args = vec![by_sql.admin_url("postgres"), "-q".into()];
-    args.extend(["-v".into(), "ON_ERROR_STOP=1".into()]);
-    for role in [
-        "books",
-        "orders",
-        "coordinator",
-        "warehouse",
-        "warehouse_reader",
-    ] {
-        let password = testkit::postgres::role_password(role);
-        args.extend(["-v".into(), format!("{role}_password={password}")]);
-    }
-    args.extend(["-f".into(), "deploy/postgres/accounts.sql".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    for _ in 0..2 {
-        let Some(output) = tool("psql", &args)? else {
-            return Ok(());
-        };
-        succeeded(&output, "psql -f deploy/postgres/accounts.sql")?;
-    }
-    let by_file = testkit::TestPostgres::start().await?;
-    by_file.apply_accounts().await?;
-    let (sql, file) = (
-        accounts_snapshot(&by_sql).await?,
-        accounts_snapshot(&by_file).await?,
+async fn deploy_accounts_apply_makes_a_cluster_match_the_accounts_file() -> anyhow::Result<()> {
+    let set = testkit::TestReplicaSet::start(&[testkit::ReplicaOptions::named("r1")]).await?;
+    let superuser = password_in(&set.primary.admin_url("postgres"))?;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres",
+        set.replicas[0].port(),
+        set.primary.port()
     );
-    anyhow::ensure!(sql.len() >= 9, "{sql:#?}");
+    let accounts = stack::accounts::Accounts::shipped()?;
+    let roles: Vec<(&str, String)> = accounts
+        .roles()
+        .into_iter()
+        .map(|role| (role, format!("{role} pass'word \"2\" ${{x}}")))
+        .collect();
+
+    let refused = accounts_apply(&url, &superuser, &roles[1..])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
     anyhow::ensure!(
-        sql == file,
-        "accounts.sql:\n{sql:#?}\naccounts.toml:\n{file:#?}"
+        !refused.status.success() && stderr.contains("BOOKS_DB_PASSWORD"),
+        "applied without the books password: {stderr}"
     );
-    // And the passwords it set work.
-    let books = sqlx::PgPool::connect(&by_sql.role_url("books", "books")).await?;
-    books.close().await;
+    let root = sqlx::PgPool::connect(&set.primary.admin_url("postgres")).await?;
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = 'orders'")
+        .fetch_one(&root)
+        .await?;
+    root.close().await;
+    anyhow::ensure!(created == 0, "a refused run created roles");
+
+    let mut snapshots = Vec::new();
+    for _ in 0..2 {
+        let output = accounts_apply(&url, &superuser, &roles)?;
+        let stdout = succeeded(&output, "bookstore accounts apply")?;
+        let primary = format!("applied on 127.0.0.1:{}", set.primary.port());
+        anyhow::ensure!(stdout.contains(&primary), "{stdout}");
+        snapshots.push(accounts_snapshot(&set.primary).await?);
+    }
+    anyhow::ensure!(snapshots[0] == snapshots[1], "{snapshots:#?}");
+    let by_up = testkit::TestPostgres::start().await?;
+    by_up.apply_accounts().await?;
+    let expected = accounts_snapshot(&by_up).await?;
+    anyhow::ensure!(expected.len() >= 9, "{expected:#?}");
+    anyhow::ensure!(
+        snapshots[0] == expected,
+        "accounts apply:\n{:#?}\nstack::accounts:\n{expected:#?}",
+        snapshots[0]
+    );
+    for (role, password) in &roles {
+        let database = if *role == "warehouse_reader" {
+            "books"
+        } else {
+            role
+        };
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(set.primary.port())
+            .username(role)
+            .password(password)
+            .database(database);
+        let pool = sqlx::PgPool::connect_with(options).await?;
+        pool.close().await;
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ mod gateway;
 mod lifecycle;
 mod monitoring;
 mod observability;
+mod otlp;
 mod ratings;
 mod resilience;
 mod traces;
