@@ -52,6 +52,19 @@ impl Shop {
         })
     }
 
+    /// Points the invariant checks at the PostgreSQL listening on `pg_port` (on a cluster: the
+    /// primary after a failover; `open` connects to the first member).
+    pub async fn check_on(&mut self, pg_port: u16) -> anyhow::Result<()> {
+        let url = |db: &str| -> anyhow::Result<String> {
+            let base = superuser_url(&self.platform, db)?;
+            let port = self.platform.state().postgres_port;
+            Ok(base.replace(&format!(":{port}/"), &format!(":{pg_port}/")))
+        };
+        self.books_db = PgPool::connect(&url("books")?).await?;
+        self.orders_db = PgPool::connect(&url("orders")?).await?;
+        Ok(())
+    }
+
     /// A new book with `stock` copies at `price_cents`; its id.
     pub async fn book(&mut self, stock: i64, price_cents: i64) -> anyhow::Result<String> {
         let n = self.stock.len() + 1;
