@@ -673,3 +673,63 @@ async fn checkout_answered(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Benchmark, not a check (`bench/cluster.sh`): commits per second on the primary with the strong
+/// model (`remote_apply`: the synchronous standby has applied it) and the eventual one (`local`),
+/// 4 connections each, the two modes alternated in 5 s rounds on one platform.
+#[tokio::test]
+#[ignore = "benchmark: bench/cluster.sh"]
+async fn commit_throughput_strong_vs_eventual() -> anyhow::Result<()> {
+    let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
+    let info = cluster_info(&platform)?;
+    let primary = leader(&info).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&member_url(&platform, &primary, "postgres")?)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_commits (id bigserial PRIMARY KEY, at timestamptz)",
+    )
+    .execute(&pool)
+    .await?;
+    let mut totals = [0u64; 2];
+    for round in 0..6 {
+        let mode = ["remote_apply", "local"][round % 2];
+        totals[round % 2] += commits_for(&pool, mode, Duration::from_secs(5)).await?;
+    }
+    let [strong, eventual] = totals.map(|n| n as f64 / 15.0);
+    eprintln!(
+        "commit throughput: strong (remote_apply) {strong:.0}/s, eventual (local) {eventual:.0}/s, \
+         ratio {:.2}",
+        strong / eventual
+    );
+    pool.close().await;
+    platform.stop().await?;
+    Ok(())
+}
+
+/// Single-row insert transactions committed with `synchronous_commit = mode` by 4 workers.
+async fn commits_for(pool: &sqlx::PgPool, mode: &str, span: Duration) -> anyhow::Result<u64> {
+    let until = Instant::now() + span;
+    let workers = (0..4).map(|_| async move {
+        let mut done = 0u64;
+        while Instant::now() < until {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT set_config('synchronous_commit', $1, true)")
+                .bind(mode)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO bench_commits (at) VALUES (now())")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            done += 1;
+        }
+        anyhow::Ok(done)
+    });
+    let mut total = 0;
+    for done in futures::future::join_all(workers).await {
+        total += done?;
+    }
+    Ok(total)
+}
