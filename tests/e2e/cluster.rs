@@ -345,29 +345,24 @@ async fn the_primary_dying_during_top_ups_loses_no_acknowledged_write() -> anyho
     let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
     let info = cluster_info(&platform)?;
     let gateway = platform.gateway_url().to_owned();
-    let http = client();
-    let (id, token) =
-        new_customer(&http, &gateway, "failover@example.com", "failover-pass-1").await?;
+    let (id, token) = new_customer(
+        &client(),
+        &gateway,
+        "failover@example.com",
+        "failover-pass-1",
+    )
+    .await?;
     let old = leader(&info).await?;
     let before = credit_on(&platform, &old, &id).await?;
-    let writer = Writer {
-        client: http.clone(),
-        url: format!("{gateway}/api/customers/{id}/credit"),
-        token: token.clone(),
-        seen: Shared::default(),
-    };
-    for n in 0..20 {
-        writer.top_up(n).await?;
-    }
+    let traffic = Traffic::start(&gateway, &id, &token);
+    traffic.progress(20, 20, Duration::from_secs(60)).await?;
     kill_postmaster(&old)?;
     let killed = Instant::now();
-    for n in 20..50 {
-        writer.top_up(n).await?;
-    }
-    let new = leader(&info).await?;
-    assert_ne!(new.name, old.name, "a replica was promoted");
+    traffic.progress(30, 20, Duration::from_secs(90)).await?;
+    let resumed = killed.elapsed();
+    let seen = traffic.stop().await?;
+    let new = new_leader(&info, &old).await?;
     assert!(!new.passive, "the passive member is never promoted");
-    let seen = snapshot(&writer.seen);
     assert_eq!(
         credit_on(&platform, &new, &id).await? - before,
         seen.acknowledged_cents,
@@ -375,11 +370,15 @@ async fn the_primary_dying_during_top_ups_loses_no_acknowledged_write() -> anyho
     );
     let rejoin = wait_rejoined(&platform, &old, &info).await?;
     eprintln!(
-        "failover (postmaster): worst write gap {:?} ({} failed attempts), 30 writes after the kill in {:?}, old primary caught up {:?} later",
+        "failover (postmaster): worst write gap {:?} ({} failed write attempts), 30 writes after \
+         the kill within {resumed:?}; eventual reads: {} ok, {} failed over {:?} ({:?}); old \
+         primary caught up {rejoin:?} later",
         seen.worst_gap,
         seen.failed_writes,
-        killed.elapsed(),
-        rejoin
+        seen.reads,
+        seen.failed_reads.len(),
+        seen.read_outage(),
+        seen.read_failures()
     );
     platform.stop().await?;
     Ok(())
