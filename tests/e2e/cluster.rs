@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use stack::cluster::{ClusterInfo, MemberInfo, topology};
 use testkit::TestPlatform;
 
-use crate::checkout::{Customer, Shop};
+use crate::checkout::{Customer, FAST_RECOVERY, Shop};
 use crate::{bookstore, client, new_customer};
 
 /// How long one top-up (or checkout) is retried (same Idempotency-Key) before the test gives up.
@@ -340,21 +340,47 @@ impl Drop for Respawned {
     }
 }
 
+/// A cluster platform with a customer whose traffic runs: what each failover test starts from.
+struct Scene {
+    platform: TestPlatform,
+    info: ClusterInfo,
+    id: String,
+    primary: MemberInfo,
+    /// The customer's credit before the traffic.
+    before: i64,
+    traffic: Traffic,
+}
+
+impl Scene {
+    async fn start(email: &str) -> anyhow::Result<Scene> {
+        let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
+        let info = cluster_info(&platform)?;
+        let gateway = platform.gateway_url().to_owned();
+        let (id, token) = new_customer(&client(), &gateway, email, "cluster-pass-1").await?;
+        let primary = leader(&info).await?;
+        let before = credit_on(&platform, &primary, &id).await?;
+        let traffic = Traffic::start(&gateway, &id, &token);
+        Ok(Scene {
+            platform,
+            info,
+            id,
+            primary,
+            before,
+            traffic,
+        })
+    }
+}
+
 #[tokio::test]
 async fn the_primary_dying_during_top_ups_loses_no_acknowledged_write() -> anyhow::Result<()> {
-    let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
-    let info = cluster_info(&platform)?;
-    let gateway = platform.gateway_url().to_owned();
-    let (id, token) = new_customer(
-        &client(),
-        &gateway,
-        "failover@example.com",
-        "failover-pass-1",
-    )
-    .await?;
-    let old = leader(&info).await?;
-    let before = credit_on(&platform, &old, &id).await?;
-    let traffic = Traffic::start(&gateway, &id, &token);
+    let Scene {
+        platform,
+        info,
+        id,
+        primary: old,
+        before,
+        traffic,
+    } = Scene::start("failover@example.com").await?;
     traffic.progress(20, 20, Duration::from_secs(60)).await?;
     kill_postmaster(&old)?;
     let killed = Instant::now();
@@ -387,14 +413,14 @@ async fn the_primary_dying_during_top_ups_loses_no_acknowledged_write() -> anyho
 #[tokio::test]
 async fn the_whole_primary_node_dying_loses_no_acknowledged_write_and_it_rejoins()
 -> anyhow::Result<()> {
-    let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
-    let info = cluster_info(&platform)?;
-    let gateway = platform.gateway_url().to_owned();
-    let (id, token) =
-        new_customer(&client(), &gateway, "node@example.com", "node-death-pass-1").await?;
-    let old = leader(&info).await?;
-    let before = credit_on(&platform, &old, &id).await?;
-    let traffic = Traffic::start(&gateway, &id, &token);
+    let Scene {
+        platform,
+        info,
+        id,
+        primary: old,
+        before,
+        traffic,
+    } = Scene::start("node@example.com").await?;
     traffic.progress(10, 20, Duration::from_secs(60)).await?;
 
     kill_node(&platform, &old)?;
@@ -440,19 +466,14 @@ async fn the_whole_primary_node_dying_loses_no_acknowledged_write_and_it_rejoins
 /// candidate left: `synchronous_mode` is not strict, so the primary commits alone).
 #[tokio::test]
 async fn replicas_dying_fail_nothing_and_strong_writes_continue() -> anyhow::Result<()> {
-    let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
-    let info = cluster_info(&platform)?;
-    let gateway = platform.gateway_url().to_owned();
-    let (id, token) = new_customer(
-        &client(),
-        &gateway,
-        "replicas@example.com",
-        "replica-pass-1",
-    )
-    .await?;
-    let primary = leader(&info).await?;
-    let before = credit_on(&platform, &primary, &id).await?;
-    let traffic = Traffic::start(&gateway, &id, &token);
+    let Scene {
+        platform,
+        info,
+        id,
+        primary,
+        before,
+        traffic,
+    } = Scene::start("replicas@example.com").await?;
     let calm = traffic.progress(10, 20, Duration::from_secs(60)).await?;
 
     let asynchronous: Vec<MemberInfo> = with_role(&info, "replica")
@@ -543,15 +564,7 @@ async fn wait_for_sync_standby(info: &ClusterInfo, name: Option<&str>) -> anyhow
 #[tokio::test]
 async fn checkouts_in_flight_when_the_primary_dies_are_finished_by_the_coordinator()
 -> anyhow::Result<()> {
-    let env = [
-        ("BOOKSTORE_COORDINATOR__COORDINATOR__LEASE_MS", "1500"),
-        ("BOOKSTORE_COORDINATOR__COORDINATOR__LEASE_RENEW_MS", "500"),
-        (
-            "BOOKSTORE_COORDINATOR__COORDINATOR__RECOVERY_INTERVAL_MS",
-            "300",
-        ),
-    ];
-    let platform = TestPlatform::start_cluster(bookstore(), &env).await?;
+    let platform = TestPlatform::start_cluster(bookstore(), &FAST_RECOVERY).await?;
     let info = cluster_info(&platform)?;
     let old = leader(&info).await?;
     let mut shop = Shop::open(platform).await?;
