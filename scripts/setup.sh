@@ -81,4 +81,10 @@ if $want_test; then
     say "installing openapi-spec-validator (checks gateway/api/openapi.json)"
     python3 -m pip install -q openapi-spec-validator >/dev/null
   fi
+  # The deployment files (tests/e2e/deploy.rs): the compose file parses, the k8s manifests validate.
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  if ! command -v kubernetes-validate >/dev/null; then
+    say "installing kubernetes-validate (offline schema check of deploy/k8s)"
+    python3 -m pip install -q kubernetes-validate >/dev/null
+  fi
 fi

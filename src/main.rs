@@ -253,8 +253,9 @@ where
 {
     let stop_serving = CancellationToken::new();
     let stop_agent = CancellationToken::new();
+    // Refuse before serving: an instance nobody can reach would pass its checks and take no traffic.
+    let agent = register(name, addr, registry, stop_agent.clone())?;
     let mut serving = tokio::spawn(serve(stop_serving.clone()));
-    let agent = register(name, addr, registry, stop_agent.clone());
     let finished_early = tokio::select! {
         result = &mut serving => Some(result),
         _ = shutdown.cancelled() => None,
@@ -281,23 +282,30 @@ fn ready_url(addr: std::net::SocketAddr) -> String {
     format!("http://{local}/health/ready")
 }
 
-/// Registers the instance under `name-<port>` and keeps it registered until shutdown, when the agent
-/// deregisters it (before the listener stops, so the gateway stops sending traffic first).
+/// Registers the instance under its advertised address (see `discovery::client::advertise`) and
+/// keeps it registered until shutdown, when the agent deregisters it (before the listener stops, so
+/// the gateway stops sending traffic first).
 fn register(
     name: &str,
     addr: std::net::SocketAddr,
     registry: discovery::client::RegistryConfig,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use discovery::client::advertise;
     tracing::info!(%addr, "{name} listening");
+    let host = advertise::advertised_host(addr, &registry.advertise_address)?;
     let registration = discovery::client::Registration {
         name: name.to_owned(),
-        id: format!("{name}-{}", addr.port()),
-        address: addr.ip().to_string(),
+        id: advertise::instance_id(name, &host, addr.port()),
+        address: host,
         port: addr.port(),
         tags: Vec::new(),
         meta: Default::default(),
         ready_url: Some(ready_url(addr)),
     };
-    discovery::client::spawn_agent(registry, registration, shutdown)
+    Ok(discovery::client::spawn_agent(
+        registry,
+        registration,
+        shutdown,
+    ))
 }

@@ -339,6 +339,8 @@ impl BlockedDump {
     async fn start() -> anyhow::Result<BlockedDump> {
         let set = TestReplicaSet::start(&[ReplicaOptions::named("r1")]).await?;
         create_bank(&set).await?.close().await;
+        // The replica must have replayed CREATE DATABASE before the lock check can connect to it.
+        set.wait_caught_up(0).await?;
         let mut locker = PgConnection::connect(&set.primary.admin_url("bank")).await?;
         sqlx::raw_sql(
             "BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE; SELECT pg_switch_wal()",

@@ -36,8 +36,8 @@ async fn sigterm_stops_every_process_and_a_restart_reuses_the_data() -> anyhow::
     let pids: Vec<u32> = platform.state().processes.iter().map(|p| p.pid).collect();
     assert_eq!(
         pids.len(),
-        12,
-        "postgres, 3 redis, registry, 2 coordinators, 2 books, 2 orders, gateway"
+        13,
+        "postgres, 3 redis, registry, 2 coordinators, 2 books, 2 orders, warehouse, gateway"
     );
     assert!(pids.iter().all(|pid| alive(*pid)));
 

@@ -8,6 +8,7 @@ mod chaos;
 mod checkout;
 mod cli;
 mod cluster;
+mod deploy;
 mod gateway;
 mod lifecycle;
 mod monitoring;

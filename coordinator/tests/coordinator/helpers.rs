@@ -91,6 +91,7 @@ pub fn registry_config(url: &str) -> RegistryConfig {
         ttl_seconds: 5,
         heartbeat_ms: 200,
         deregister_critical_after_seconds: 60,
+        ..RegistryConfig::default()
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod advertise;
 mod agent;
 mod backoff;
 mod watch;
@@ -27,6 +28,10 @@ pub struct RegistryConfig {
     /// The registry removes an instance whose check stayed critical this long (e.g. it crashed
     /// without deregistering). Real Consul enforces at least 60.
     pub deregister_critical_after_seconds: u64,
+    /// The host others reach this instance at, as registered (an IP or a DNS name). Empty: the
+    /// listen address, with 0.0.0.0/:: replaced by the address this host's name resolves to —
+    /// what a container needs. See [`advertise`].
+    pub advertise_address: String,
 }
 
 impl Default for RegistryConfig {
@@ -36,6 +41,7 @@ impl Default for RegistryConfig {
             ttl_seconds: 10,
             heartbeat_ms: 2000,
             deregister_critical_after_seconds: 60,
+            advertise_address: String::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub fn fast_config(url: String) -> RegistryConfig {
         ttl_seconds: 1,
         heartbeat_ms: 200,
         deregister_critical_after_seconds: 60,
+        ..RegistryConfig::default()
     }
 }
 

@@ -20,10 +20,14 @@ async fn nodes(n: usize) -> Vec<TestRedis> {
     nodes
 }
 
+/// A ring over `nodes`. The operation timeout is generous: these tests are about where keys live
+/// and what a *killed* node does (refused connections fail at once), and on a loaded machine the
+/// default 100 ms made a live node's answer time out now and then (`Unavailable`, seen in CI).
 fn ring_config(nodes: &[TestRedis]) -> CacheConfig {
     CacheConfig {
         nodes: nodes.iter().map(TestRedis::addr).collect(),
         health_interval_ms: 50,
+        op_timeout_ms: 2_000,
         ..CacheConfig::default()
     }
 }
