@@ -691,7 +691,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_probe_answered_with_a_deliberate_503_closes_the_breaker() {
-        let (mut service, mut handle, breakers) = setup();
+        let (service, mut handle, breakers) = setup();
         trip(&breakers);
         tokio::time::advance(OPEN).await;
         let probe = tokio::spawn(service.clone().oneshot(exchange()));
