@@ -6,13 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use orders::{Application, Config};
 use platform::auth::Role;
 use serde_json::{Value, json};
 use testkit::{ReplicaOptions, TestReplicaSet};
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{assert_problem, auth_config, bearer};
+use crate::helpers::{assert_problem, bearer, serve_on};
 
 /// The role's URL listing both servers, as `bookstore up` hands a service the cluster.
 fn cluster_url(set: &TestReplicaSet) -> String {
@@ -42,17 +40,11 @@ async fn with_the_primary_down_an_instance_stays_ready_reads_messages_and_refuse
 -> anyhow::Result<()> {
     let mut set = TestReplicaSet::start(&[ReplicaOptions::named("r1")]).await?;
     set.primary.service_database("orders").await?;
-    let mut config = Config::default();
-    config.http.listen = "127.0.0.1:0".into();
-    config.db.url = cluster_url(&set);
-    // Longer than the test: a write that waited for it would never be answered here.
-    config.db.acquire_timeout_ms = 600_000;
-    config.auth = auth_config();
-    let app = Application::build(config).await?;
-    let base = format!("http://{}", app.local_addr());
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(app.run_until_stopped(shutdown));
+    // An acquire timeout longer than the test: a write that waited for it would never be answered.
+    let (base, _stop) = serve_on(&cluster_url(&set), |config| {
+        config.db.acquire_timeout_ms = 600_000;
+    })
+    .await?;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
