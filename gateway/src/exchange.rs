@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
+use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
@@ -110,9 +111,105 @@ impl UpstreamError {
     }
 }
 
-/// Whether an upstream answer counts as a failure of the instance for breakers and passive health:
-/// 5xx except 501 (not implemented is an answer about the request, not the instance's health).
-pub fn is_failure(response: &Response<Body>) -> bool {
+/// What an upstream's answer says about the instance that gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Not a 5xx, or a 501 (not implemented is an answer about the request): the instance works.
+    Served,
+    /// A 503 with `Retry-After`: the service's deliberate "a dependency is unavailable, retry
+    /// later" (the services answer it while the database fails over). The instance works; what
+    /// fails is something every instance of the service shares, so it is passed to the client as
+    /// it is — not rerouted, not held against the instance. An instance that alone cannot reach
+    /// the dependency fails its readiness check and leaves the registry's passing set instead.
+    DependencyUnavailable,
+    /// Any other 5xx: the instance's own failure, for breakers, passive health and reroutes.
+    InstanceFailure,
+}
+
+/// Classifies an upstream answer (see [`Answer`]).
+pub fn classify_answer(response: &Response<Body>) -> Answer {
     let status = response.status();
-    status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED
+    if !status.is_server_error() || status == StatusCode::NOT_IMPLEMENTED {
+        Answer::Served
+    } else if status == StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(RETRY_AFTER)
+    {
+        Answer::DependencyUnavailable
+    } else {
+        Answer::InstanceFailure
+    }
+}
+
+/// Whether an upstream answer counts as a failure of the instance for breakers, passive health and
+/// reroutes: 5xx except 501 and except a deliberate 503 + `Retry-After` ([`classify_answer`]).
+pub fn is_failure(response: &Response<Body>) -> bool {
+    classify_answer(response) == Answer::InstanceFailure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: StatusCode, retry_after: Option<&'static str>) -> Response<Body> {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = status;
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, http::HeaderValue::from_static(seconds));
+        }
+        response
+    }
+
+    #[test]
+    fn a_deliberate_503_is_the_dependency_and_other_5xx_the_instance() {
+        let cases = [
+            (StatusCode::OK, None, Answer::Served),
+            (StatusCode::CONFLICT, None, Answer::Served),
+            (StatusCode::TOO_MANY_REQUESTS, Some("1"), Answer::Served),
+            (StatusCode::NOT_IMPLEMENTED, None, Answer::Served),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("1"),
+                Answer::DependencyUnavailable,
+            ),
+            // Without Retry-After a 503 is no deliberate answer (an injected fault, a proxy).
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                Answer::InstanceFailure,
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                Answer::InstanceFailure,
+            ),
+            // Only a 503 says "unavailable, come back": a 500 or 504 with the header is still
+            // the instance's failure.
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("1"),
+                Answer::InstanceFailure,
+            ),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                Some("1"),
+                Answer::InstanceFailure,
+            ),
+            (StatusCode::BAD_GATEWAY, None, Answer::InstanceFailure),
+        ];
+        for (status, retry_after, expected) in cases {
+            let response = answer(status, retry_after);
+            assert_eq!(
+                classify_answer(&response),
+                expected,
+                "{status} {retry_after:?}"
+            );
+            assert_eq!(
+                is_failure(&response),
+                expected == Answer::InstanceFailure,
+                "{status}"
+            );
+        }
+    }
 }

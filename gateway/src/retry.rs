@@ -2,7 +2,11 @@
 //! within the retry budget, after a jittered backoff, and never past the request's deadline.
 //!
 //! A failure is an `Err` with an instance (`Connect`, `Timeout`, `Failed`) or an answer that
-//! [`is_failure`] (5xx but 501). Sending it again is safe when:
+//! [`is_failure`] (5xx but 501, and but a 503 with `Retry-After`). A service's deliberate 503 +
+//! `Retry-After` says a dependency its instances share is unavailable (the database failing over):
+//! another instance would answer the same, and the service asked the *client* to wait, so it is
+//! passed through as it is, never rerouted (like Envoy, which does not retry an answer carrying
+//! `x-envoy-overloaded`). Sending a failure again is safe when:
 //! - the request certainly never left ([`UpstreamError::never_sent`]: a refused connection), for
 //!   any method; or
 //! - the request is idempotent ([`Exchange::is_idempotent`]: the method, or `Idempotency-Key`).
@@ -391,6 +395,8 @@ mod tests {
     /// What a scripted upstream does on one call.
     enum Step {
         Answer(&'static str, StatusCode),
+        /// A deliberate 503 + `Retry-After: 1` (a dependency is unavailable).
+        Unavailable(&'static str),
         Fail(UpstreamError),
         /// Fails after some time.
         FailAfter(Duration, UpstreamError),
@@ -440,6 +446,13 @@ mod tests {
             Box::pin(async move {
                 match step {
                     Some(Step::Answer(instance, status)) => Ok(answer(instance, status)),
+                    Some(Step::Unavailable(instance)) => {
+                        let mut response = answer(instance, StatusCode::SERVICE_UNAVAILABLE);
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        Ok(response)
+                    }
                     Some(Step::Fail(error)) => Err(error),
                     Some(Step::FailAfter(after, error)) => {
                         tokio::time::sleep(after).await;
@@ -534,6 +547,45 @@ mod tests {
                 assert_eq!(inner.tried()[1], vec!["books-1".to_owned()]);
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deliberate_503_is_passed_through_never_rerouted_nor_counted() {
+        let breakers = ServiceBreakers::new(ServiceBreakerConfig {
+            max_reroutes: 0,
+            min_reroute_ratio: 0.0,
+            ..ServiceBreakerConfig::default()
+        });
+        let budgets = RetryBudgets::new(BudgetConfig::default());
+        let layer = Retry::layer(RetryConfig::default(), budgets.clone(), breakers.clone());
+        for request in [
+            exchange(Method::GET),
+            with_key(exchange(Method::POST)),
+            exchange(Method::POST),
+        ] {
+            let inner = Scripted::new([
+                Step::Unavailable("books-1"),
+                Step::Answer("books-2", StatusCode::OK),
+            ]);
+            let service = tower::Layer::layer(&layer, inner.clone());
+            let method = request.method.clone();
+            let response = service.oneshot(request).await.expect("a response");
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{method}"
+            );
+            assert_eq!(
+                response.headers()[http::header::RETRY_AFTER],
+                "1",
+                "{method}"
+            );
+            assert_eq!(inner.calls().len(), 1, "{method}: not rerouted");
+        }
+        // A breaker that trips on the first reroute saw none; no budget was spent.
+        assert_eq!(breakers.state("books"), ServiceBreakerState::Closed);
+        assert_eq!(budgets.for_service("books").exhausted_total(), 0);
+        assert_eq!(budgets.for_service("books").active_retries(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -313,6 +313,9 @@ impl ProbeGuard {
         }
     }
 
+    /// Success is any answer that is no instance failure — a deliberate 503 + `Retry-After`
+    /// included: the service answered, and that answer is never rerouted, so it is no sign of
+    /// what this breaker guards against.
     fn settle(mut self, result: &Result<Response<Body>, UpstreamError>) {
         self.settled = true;
         let success = result.as_ref().is_ok_and(|response| !is_failure(response));
@@ -684,6 +687,34 @@ mod tests {
             fails_fast(&mut service, &mut handle).await,
             Duration::from_secs(20)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_answered_with_a_deliberate_503_closes_the_breaker() {
+        let (service, mut handle, breakers) = setup();
+        trip(&breakers);
+        tokio::time::advance(OPEN).await;
+        let probe = tokio::spawn(service.clone().oneshot(exchange()));
+        let (_, respond) = handle
+            .next_request()
+            .await
+            .expect("the probe goes upstream");
+        // The service answers, deliberately: its database is failing over. That is no reroute
+        // and no failure of the service's instances, so the breaker has no reason to stay open.
+        let mut unavailable = status(StatusCode::SERVICE_UNAVAILABLE);
+        unavailable.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        respond.send_response(unavailable);
+        let response = probe.await.expect("task").expect("a response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(breakers.state("books"), ServiceBreakerState::Closed);
+        // Closed: the next request goes upstream, not failed fast.
+        let call = tokio::spawn(service.clone().oneshot(exchange()));
+        let (_, respond) = handle.next_request().await.expect("a request");
+        respond.send_response(status(StatusCode::OK));
+        assert!(call.await.expect("task").is_ok());
     }
 
     #[tokio::test(start_paused = true)]

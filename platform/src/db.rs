@@ -141,6 +141,56 @@ impl Pools {
             None => &self.primary,
         }
     }
+
+    /// Runs `read` in the eventual model: on the best replica under the lag limit, and when that
+    /// fails for want of a connection (a replica that died before the probe noticed), on the next
+    /// one, and last on the primary ([`cluster::ClusterPool::eventual_candidates`]). Any other
+    /// error is returned at once. On a single server: the one pool.
+    pub async fn read_eventually<T, F, Fut>(&self, mut read: F) -> Result<T, sqlx::Error>
+    where
+        F: FnMut(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let candidates: Vec<PgPool> = match &self.cluster {
+            Some(cluster) => cluster.eventual_candidates().into_iter().cloned().collect(),
+            None => return read(self.primary.clone()).await,
+        };
+        let mut last = sqlx::Error::PoolClosed;
+        for pool in candidates {
+            match read(pool).await {
+                Ok(value) => return Ok(value),
+                Err(err) if retry::classify(&err) == retry::ErrorClass::ConnectionLost => {
+                    let class = retry::ErrorClass::ConnectionLost.as_str();
+                    metrics::counter!("bookstore_pg_pool_errors_total", "class" => class)
+                        .increment(1);
+                    tracing::warn!(error = %err, "eventual read failed on one member; trying the next");
+                    last = err;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last)
+    }
+
+    /// Readiness: on a single server, the database answers a trivial query; on a cluster, the
+    /// primary or a replica under the lag limit answers the pool's probe
+    /// ([`cluster::ClusterPool::serving`]) — an instance that can still serve eventual reads
+    /// while the primary fails over stays in rotation, and answers writes 503 + `Retry-After`.
+    pub async fn ready(&self) -> Result<(), String> {
+        match &self.cluster {
+            Some(cluster) => cluster.serving(),
+            None => ping(&self.primary).await,
+        }
+    }
+
+    /// [`Pools::ready`] as the server's readiness check.
+    pub fn ready_check(&self) -> crate::server::ReadyCheck {
+        let pools = self.clone();
+        std::sync::Arc::new(move || {
+            let pools = pools.clone();
+            Box::pin(async move { pools.ready().await })
+        })
+    }
 }
 
 /// Readiness: the database answers a trivial query.

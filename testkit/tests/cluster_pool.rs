@@ -1,14 +1,17 @@
 //! The cluster-aware pool against a real Patroni cluster (primary, synchronous standby, passive
 //! member): eventual reads avoid a replica whose replay is paused, strong writes are visible on the
 //! synchronous standby at once (remote_apply), and after the primary's postmaster is SIGKILLed the
-//! pool notices the new primary and idempotent work retried through the gap succeeds there.
+//! pool notices the new primary and idempotent work retried through the gap succeeds there. With
+//! the primary down and nobody to promote a replica (a plain streaming pair), the pool keeps
+//! serving eventual reads from the replica, fails writes at once, and stays ready until the
+//! replica goes too.
 
 use std::time::{Duration, Instant};
 
-use platform::db::DbConfig;
 use platform::db::cluster::{ClusterPool, ProbeSettings};
-use platform::db::retry::retry_idempotent;
-use testkit::TestCluster;
+use platform::db::retry::{ErrorClass, classify, retry_idempotent};
+use platform::db::{DbConfig, Pools};
+use testkit::{ReplicaOptions, TestCluster, TestReplicaSet};
 
 /// Small, so 50 inserts put the paused replica over it.
 const MAX_LAG_BYTES: u64 = 1024;
@@ -116,5 +119,75 @@ async fn eventual_reads_avoid_a_paused_replica_and_writes_follow_a_failover() ->
         count, 51,
         "no acknowledged write lost, the retried one applied once"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_the_primary_down_the_replica_serves_reads_writes_fail_at_once_and_it_stays_ready()
+-> anyhow::Result<()> {
+    let mut set = TestReplicaSet::start(&[ReplicaOptions::named("r1")]).await?;
+    let admin = sqlx::PgPool::connect(&set.primary.admin_url("postgres")).await?;
+    sqlx::query("CREATE DATABASE shop").execute(&admin).await?;
+    admin.close().await;
+    let shop = sqlx::PgPool::connect(&set.primary.admin_url("shop")).await?;
+    sqlx::query("CREATE TABLE notes (id int PRIMARY KEY)")
+        .execute(&shop)
+        .await?;
+    sqlx::query("INSERT INTO notes SELECT generate_series(1, 10)")
+        .execute(&shop)
+        .await?;
+    shop.close().await;
+    set.wait_caught_up(0).await?;
+    // An acquire timeout far longer than the test: a write that waited for it would hang here.
+    let config = DbConfig {
+        url: set.url("shop"),
+        acquire_timeout_ms: 600_000,
+        ..DbConfig::default()
+    };
+    let pools = Pools::connect(&config).await?;
+    pools.ready().await.map_err(anyhow::Error::msg)?;
+
+    set.primary.server_mut().stop_immediately();
+    let write = || sqlx::query("INSERT INTO notes VALUES (11)").execute(pools.primary());
+    // Until the probe notices, a write may wait for the primary; once it has, it fails at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        match tokio::time::timeout(Duration::from_secs(30), write()).await {
+            Ok(Err(err)) => break err,
+            Ok(Ok(_)) => anyhow::bail!("a write succeeded with the primary stopped"),
+            Err(_) => anyhow::ensure!(Instant::now() < deadline, "writes kept waiting"),
+        }
+    };
+    assert_eq!(classify(&refused), ErrorClass::ConnectionLost, "{refused}");
+    for _ in 0..10 {
+        // Several probe rounds: the pool stays ready, reads come from the replica, and every
+        // write fails instead of waiting for the acquire timeout.
+        pools.ready().await.map_err(anyhow::Error::msg)?;
+        let (count, on_replica): (i64, bool) = pools
+            .read_eventually(|pool| async move {
+                sqlx::query_as("SELECT (SELECT count(*) FROM notes), pg_is_in_recovery()")
+                    .fetch_one(&pool)
+                    .await
+            })
+            .await?;
+        assert_eq!((count, on_replica), (10, true));
+        let failed = tokio::time::timeout(Duration::from_secs(30), write()).await;
+        assert!(
+            matches!(&failed, Ok(Err(err)) if classify(err) == ErrorClass::ConnectionLost),
+            "{failed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // With the replica gone too, nothing can be served: not ready.
+    set.replicas[0].server_mut().stop_immediately();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pools.ready().await.is_ok() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still ready with every member down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }

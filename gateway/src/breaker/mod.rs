@@ -28,7 +28,7 @@ use http::Response;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::exchange::{UpstreamError, is_failure};
+use crate::exchange::{Answer, UpstreamError, classify_answer};
 use window::Window;
 
 /// When an instance is ejected and for how long. Defaults follow Envoy's outlier detection and
@@ -165,11 +165,16 @@ pub enum Outcome {
 
 /// What an attempt's result says about the instance, if anything. Errors that are about the
 /// gateway or the client (no instance, service breaker open, overload, the client's deadline)
-/// never count against an instance.
+/// never count against an instance, and neither does a deliberate 503 + `Retry-After` (a
+/// dependency every instance shares is unavailable: ejecting the instance would only take away
+/// the requests it can still serve — see [`Answer::DependencyUnavailable`]).
 pub fn classify(result: &Result<Response<Body>, UpstreamError>) -> Option<Outcome> {
     match result {
-        Ok(response) if is_failure(response) => Some(Outcome::Failure("5xx")),
-        Ok(_) => Some(Outcome::Success),
+        Ok(response) => match classify_answer(response) {
+            Answer::Served => Some(Outcome::Success),
+            Answer::InstanceFailure => Some(Outcome::Failure("5xx")),
+            Answer::DependencyUnavailable => None,
+        },
         Err(UpstreamError::Connect { .. }) => Some(Outcome::Failure("connect error")),
         Err(UpstreamError::Timeout { .. }) => Some(Outcome::Failure("timeout")),
         Err(UpstreamError::Failed { .. }) => Some(Outcome::Failure("broken exchange")),

@@ -254,6 +254,15 @@ fn only_failures_of_the_instance_count() {
     assert_eq!(classify(&status(404)), Some(OK));
     assert_eq!(classify(&status(501)), Some(OK));
     assert_eq!(classify(&status(503)), Some(FAIL));
+    // A 503 with Retry-After is the service's deliberate "a dependency is unavailable": it says
+    // nothing about the instance, either way.
+    let mut deliberate = Response::new(Body::empty());
+    *deliberate.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    deliberate.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    assert_eq!(classify(&Ok(deliberate)), None);
     let instance = || "books-1".to_owned();
     for failure in [
         UpstreamError::Connect {

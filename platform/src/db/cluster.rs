@@ -5,6 +5,11 @@
 //! pool; a connection that lands on a replica is refused, so no write ever reaches a standby.
 //! On a cluster every connection commits with `synchronous_commit = remote_apply` (the strong
 //! model); eventual writes opt out per transaction with [`EVENTUAL_COMMIT`].
+//!
+//! While no primary answers (a failover in progress), the replicas keep serving eventual reads —
+//! their lag measured against the newest WAL position known to exist — and the primary pool fails
+//! new connections at once instead of waiting out its acquire timeout, so writes are answered
+//! "unavailable, retry" promptly rather than timing out.
 
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -59,8 +64,17 @@ pub struct Topology {
     pub nodes: Vec<NodeState>,
     /// Primary changes seen since start.
     pub failovers: u64,
-    /// The member the primary pool connects to (kept while no primary answers).
+    /// The member the primary pool last connected to (kept while no primary answers).
     pub routed_to: Option<usize>,
+    /// No primary answered the last probe: new primary connections fail at once.
+    pub writes_refused: bool,
+    /// The newest WAL position known to exist, as a byte position: the primary's, or while none
+    /// answers, the furthest of the last primary's and the replicas'. Replicas' lag is measured
+    /// against it.
+    pub newest_lsn: Option<i64>,
+    /// When the last probe round ended.
+    #[serde(skip)]
+    pub probed_at: Option<tokio::time::Instant>,
 }
 
 impl Topology {
@@ -107,6 +121,12 @@ pub fn member_urls(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(urls)
 }
 
+/// Where the primary pool connects while no primary answers: a socket path that cannot exist
+/// (`/dev/null` is no directory). sqlx retries a *refused* connection until the acquire timeout,
+/// which would hold every write for that long; this fails at once with an I/O error, which the
+/// services answer 503 + `Retry-After` (`platform::problem`, `retry::ErrorClass::ConnectionLost`).
+const NO_PRIMARY_SOCKET: &str = "/dev/null/no-primary-answers";
+
 impl ClusterPool {
     /// Connects to every member, waits (up to the start-up timeout) for a primary, and starts the
     /// probe loop.
@@ -128,9 +148,15 @@ impl ClusterPool {
                 options = options.options([("synchronous_commit", "remote_apply")]);
             }
             let name = format!("{}:{}", options.get_host(), options.get_port());
+            // A replica that cannot hand out a connection within a probe's connect timeout (it
+            // died before the probe noticed, or is saturated) is skipped for the next candidate
+            // (`Pools::read_eventually`) instead of holding the read for the whole acquire timeout.
+            let acquire = Duration::from_millis(config.acquire_timeout_ms)
+                .min(settings.connect_timeout)
+                .max(Duration::from_millis(1));
             let readers = PgPoolOptions::new()
                 .max_connections(config.max_connections.div_ceil(2).max(1))
-                .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+                .acquire_timeout(acquire)
                 .connect_lazy_with(options.clone());
             nodes.push(Node {
                 name,
@@ -146,8 +172,7 @@ impl ClusterPool {
                     ..NodeState::default()
                 })
                 .collect(),
-            failovers: 0,
-            routed_to: None,
+            ..Topology::default()
         };
         let primary = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -174,19 +199,62 @@ impl ClusterPool {
     /// Eventual reads: a replica whose lag is under the limit (the least lagging one, the passive
     /// member last), else the primary.
     pub fn eventual(&self) -> &PgPool {
+        self.eventual_candidates()[0]
+    }
+
+    /// Where an eventual read may go, best first: the replicas under the lag limit (the least
+    /// lagging first, the passive member last), then the primary pool. Never empty.
+    pub fn eventual_candidates(&self) -> Vec<&PgPool> {
         let topology = self.topology();
-        let best = topology
+        let mut replicas: Vec<(usize, &NodeState)> = topology
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.up && !n.primary)
-            .filter(|(_, n)| n.lag_bytes <= self.settings.max_lag_bytes)
-            .filter(|(_, n)| n.lag_seconds <= self.settings.max_lag_seconds)
-            .min_by_key(|(_, n)| (n.passive, n.lag_bytes));
-        match best {
-            Some((index, _)) => &self.nodes[index].readers,
-            None => &self.primary,
+            .filter(|(_, n)| self.serves_eventual_reads(n))
+            .collect();
+        replicas.sort_by_key(|(_, n)| (n.passive, n.lag_bytes));
+        replicas
+            .into_iter()
+            .map(|(index, _)| &self.nodes[index].readers)
+            .chain(std::iter::once(&self.primary))
+            .collect()
+    }
+
+    /// A replica that answered the last probe within the lag limits.
+    fn serves_eventual_reads(&self, node: &NodeState) -> bool {
+        node.up
+            && !node.primary
+            && node.lag_bytes <= self.settings.max_lag_bytes
+            && node.lag_seconds <= self.settings.max_lag_seconds
+    }
+
+    /// Readiness on a cluster: the instance can serve requests while the primary or a replica
+    /// under the lag limit answers (with no primary, eventual reads go on and writes are answered
+    /// 503 + `Retry-After`); not while no member answers, or while the probe loop has stalled.
+    pub fn serving(&self) -> Result<(), String> {
+        let topology = self.topology();
+        // A round takes an interval plus at most a connect and a query timeout; allow several.
+        let stale = (self.settings.probe_interval + self.settings.connect_timeout * 2) * 5;
+        match topology.probed_at {
+            None => return Err("database: the cluster has not been probed yet".into()),
+            Some(at) if at.elapsed() > stale => {
+                return Err(format!(
+                    "database: the cluster probe has not completed for {:?}",
+                    at.elapsed()
+                ));
+            }
+            Some(_) => {}
         }
+        if topology.primary().is_some()
+            || topology.nodes.iter().any(|n| self.serves_eventual_reads(n))
+        {
+            return Ok(());
+        }
+        let up = topology.nodes.iter().filter(|n| n.up).count();
+        Err(format!(
+            "database: no primary and no replica within the lag limit answers ({up} of {} members up)",
+            topology.nodes.len()
+        ))
     }
 
     /// The last probe's view.
@@ -235,28 +303,56 @@ impl ClusterPool {
                 .map(|(node, conn)| probe(node, conn, timeout)),
         )
         .await;
-        let primary_lsn = results
-            .iter()
-            .flatten()
-            .find(|p| !p.in_recovery)
-            .map(|p| p.lsn);
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
+        let newest = newest_lsn(&results, topology.newest_lsn);
+        topology.newest_lsn = newest;
         for (state, result) in topology.nodes.iter_mut().zip(&results) {
-            *state = node_state(&state.node, result.as_ref(), primary_lsn);
+            *state = node_state(&state.node, result.as_ref(), newest);
         }
-        if let Some(new) = topology.primary()
-            && topology.routed_to != Some(new)
-        {
-            if topology.routed_to.replace(new).is_some() {
-                topology.failovers += 1;
-                metrics::counter!("bookstore_pg_failovers_total").increment(1);
-                tracing::warn!(primary = %self.nodes[new].name, "the primary changed; re-routing writes");
-            }
-            self.primary
-                .set_connect_options(self.nodes[new].options.clone());
-        }
+        self.route_writes(&mut topology);
+        topology.probed_at = Some(tokio::time::Instant::now());
         record_metrics(&topology);
     }
+
+    /// Points the primary pool at the primary the probe found, counting a change as a failover;
+    /// with none, at [`NO_PRIMARY_SOCKET`], so writes fail at once until one answers again.
+    fn route_writes(&self, topology: &mut Topology) {
+        let Some(new) = topology.primary() else {
+            if !topology.writes_refused {
+                topology.writes_refused = true;
+                self.primary
+                    .set_connect_options(self.nodes[0].options.clone().socket(NO_PRIMARY_SOCKET));
+                tracing::warn!(
+                    "no primary answers: writes fail at once, eventual reads go to replicas"
+                );
+            }
+            return;
+        };
+        if topology.routed_to == Some(new) && !topology.writes_refused {
+            return;
+        }
+        if topology.routed_to.is_some_and(|old| old != new) {
+            topology.failovers += 1;
+            metrics::counter!("bookstore_pg_failovers_total").increment(1);
+            tracing::warn!(primary = %self.nodes[new].name, "the primary changed; re-routing writes");
+        }
+        topology.routed_to = Some(new);
+        topology.writes_refused = false;
+        self.primary
+            .set_connect_options(self.nodes[new].options.clone());
+    }
+}
+
+/// The newest WAL position known to exist: the primary's when one answered; else the furthest of
+/// the last one known and the replicas' replayed positions. With the primary gone, nothing newer
+/// can be committed (a commit waits for the synchronous standby), so a replica that has replayed
+/// up to that point is as fresh as the data gets until a new primary takes writes.
+fn newest_lsn(results: &[Option<Probe>], known: Option<i64>) -> Option<i64> {
+    let probes = || results.iter().flatten();
+    if let Some(primary) = probes().find(|p| !p.in_recovery) {
+        return Some(primary.lsn);
+    }
+    probes().map(|p| p.lsn).chain(known).max()
 }
 
 /// What one probe query returned.
@@ -299,17 +395,17 @@ async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) 
     }
 }
 
-fn node_state(name: &str, probe: Option<&Probe>, primary_lsn: Option<i64>) -> NodeState {
+fn node_state(name: &str, probe: Option<&Probe>, newest_lsn: Option<i64>) -> NodeState {
     let Some(probe) = probe else {
         return NodeState {
             node: name.to_owned(),
             ..NodeState::default()
         };
     };
-    let lag_bytes = match (probe.in_recovery, primary_lsn) {
+    let lag_bytes = match (probe.in_recovery, newest_lsn) {
         (false, _) => 0,
-        (true, Some(primary)) => (primary - probe.lsn).max(0) as u64,
-        // No primary to compare with: treat the replica as too far behind to trust.
+        (true, Some(newest)) => (newest - probe.lsn).max(0) as u64,
+        // Nothing to compare with (cannot happen once the replica itself answered): untrusted.
         (true, None) => u64::MAX,
     };
     NodeState {
@@ -396,5 +492,43 @@ mod tests {
             passive: false,
         };
         assert_eq!(node_state("n", Some(&primary), Some(1000)).lag_bytes, 0);
+    }
+
+    fn replica_at(lsn: i64) -> Option<Probe> {
+        Some(Probe {
+            in_recovery: true,
+            lsn,
+            behind_seconds: 0.0,
+            passive: false,
+        })
+    }
+
+    #[test]
+    fn without_a_primary_replicas_lag_behind_the_newest_position_known_to_exist() {
+        let primary = Some(Probe {
+            in_recovery: false,
+            lsn: 1000,
+            behind_seconds: 0.0,
+            passive: false,
+        });
+        // A primary answers: its position, whatever was known before.
+        assert_eq!(
+            newest_lsn(&[primary, replica_at(900)], Some(5000)),
+            Some(1000)
+        );
+        // It died at 1000 (last seen there); the synchronous standby replayed 1000, another 900.
+        let failover = [None, replica_at(1000), replica_at(900)];
+        let newest = newest_lsn(&failover, Some(1000));
+        assert_eq!(newest, Some(1000));
+        let lags: Vec<u64> = failover
+            .iter()
+            .map(|p| node_state("n", p.as_ref(), newest).lag_bytes)
+            .collect();
+        assert_eq!(lags, [0, 0, 100]);
+        // A replica further than the last primary position seen (it replayed WAL written after
+        // the last probe) raises the mark: nobody is measured against a stale one.
+        assert_eq!(newest_lsn(&failover, Some(950)), Some(1000));
+        // Nothing answers and nothing was known.
+        assert_eq!(newest_lsn(&[None, None], None), None);
     }
 }

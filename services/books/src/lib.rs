@@ -12,16 +12,14 @@ pub mod domain;
 pub mod http;
 pub mod ratings;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
 use coordinator::participant::{Participant, ParticipantFaults};
 use platform::auth::{AuthConfig, TokenVerifier};
-use platform::db::DbConfig;
-use platform::server::{HttpConfig, ReadyCheck, Server};
+use platform::db::{DbConfig, Pools};
+use platform::server::{HttpConfig, Server};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +56,8 @@ pub struct Config {
 pub struct Application {
     server: Server,
     pool: PgPool,
+    /// The pool's cluster view (a single server: the same pool), for readiness.
+    pools: Pools,
     verifier: Arc<TokenVerifier>,
     faults: ParticipantFaults,
     cache: cache::BookCache,
@@ -74,9 +74,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
         platform::metrics::install(SERVICE);
-        let pool = platform::db::connect(&config.db)
+        let pools = Pools::connect(&config.db)
             .await
             .context("Failed to connect to the books database")?;
+        let pool = pools.primary().clone();
         MIGRATOR
             .run(&pool)
             .await
@@ -97,6 +98,7 @@ impl Application {
         Ok(Application {
             server,
             pool,
+            pools,
             verifier,
             faults: config.participant,
             ratings: config.ratings,
@@ -112,7 +114,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled and in-flight requests finish; ready while the database
-    /// answers.
+    /// answers — on a cluster, while the primary or a replica under the lag limit does, so cached
+    /// reads go on during a failover while writes and cache misses are answered 503 +
+    /// `Retry-After` ([`platform::db::Pools::ready`]).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let participant = Participant::new(self.pool.clone())
             .with_branch(checkout::ReserveStock)
@@ -152,7 +156,7 @@ impl Application {
         let api = router(state).merge(participant_routes);
         let result = self
             .server
-            .serve(api, database_ready(self.pool.clone()), shutdown)
+            .serve(api, self.pools.ready_check(), shutdown)
             .await;
         // The persister stops at once (a batch in flight rolls back); whatever it had not
         // acknowledged stays pending in the stream, and another persister claims it.
@@ -164,14 +168,4 @@ impl Application {
         drop(self.cache_stop);
         result
     }
-}
-
-type ReadyFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-/// Ready means the database answers: without it every route but health would be a 503.
-fn database_ready(pool: PgPool) -> ReadyCheck {
-    Arc::new(move || -> ReadyFuture {
-        let pool = pool.clone();
-        Box::pin(async move { platform::db::ping(&pool).await })
-    })
 }

@@ -4,16 +4,13 @@
 //! The `bookstore` binary loads a [`Config`], calls [`Application::build`] and then
 //! [`Application::run_until_stopped`]; registering with discovery is the caller's job.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
 
 use anyhow::Context;
 use coordinator::participant::{Participant, ParticipantFaults};
 use platform::auth::AuthConfig;
 use platform::db::DbConfig;
-use platform::server::{HttpConfig, ReadyCheck, Server};
+use platform::server::{HttpConfig, Server};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -108,10 +105,13 @@ impl Application {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled; ready while the database answers. Closes the pool after
-    /// the last request has drained.
+    /// Serves until `shutdown` is cancelled; ready while it can serve requests — on a cluster,
+    /// while the primary or a replica under the lag limit answers ([`platform::db::Pools::ready`]):
+    /// during a failover it keeps serving eventual reads and answers writes 503 + `Retry-After`.
+    /// Closes the pool after the last request has drained.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let pool = self.state.pool.clone();
+        let ready = self.state.pools.ready_check();
         let mut state = self.state;
         if let Some(registry) = &self.checkout.registry {
             let peers = checkout::peers::Peers::follow(
@@ -130,22 +130,10 @@ impl Application {
             .with_branch(checkout::PlaceOrder)
             .with_faults(self.faults);
         let api = router(state.clone()).merge(participant.router(state.auth.verifier.clone()));
-        let result = self
-            .server
-            .serve(api, ready_when_db_answers(pool.clone()), shutdown)
-            .await;
+        let result = self.server.serve(api, ready, shutdown).await;
         pool.close().await;
         result
     }
-}
-
-fn ready_when_db_answers(pool: sqlx::PgPool) -> ReadyCheck {
-    Arc::new(move || {
-        let pool = pool.clone();
-        let check: Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
-            Box::pin(async move { platform::db::ping(&pool).await });
-        check
-    })
 }
 
 #[cfg(test)]

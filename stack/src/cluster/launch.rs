@@ -28,6 +28,26 @@ pub struct MemberInfo {
     pub passive: bool,
 }
 
+impl MemberInfo {
+    /// Starts this member's Patroni again, the way `up` started it (as the database user, on its
+    /// `patroni.yml`), after its node died: `up` restarts nothing by itself, so a crash stays
+    /// visible. The caller owns the process; Patroni rewinds and rejoins as a replica if another
+    /// member leads.
+    pub fn respawn_patroni(&self) -> anyhow::Result<crate::process::Supervised> {
+        let dir = self
+            .data_dir
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("{} has no member directory", self.name))?;
+        super::patroni::respawn(
+            &super::patroni::locate()?,
+            &self.name,
+            dir,
+            os_user::server_user()?,
+            Signal::SIGTERM,
+        )
+    }
+}
+
 impl ClusterInfo {
     /// `host:port,host:port,…` for a multi-host URL.
     pub fn hosts(&self) -> String {

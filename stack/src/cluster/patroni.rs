@@ -175,9 +175,36 @@ pub fn spawn(
         .append(true)
         .open(spec.log_file())?;
     os_user::hand_over(&spec.dir, run_as)?;
-    let mut child = ChildSpec::new(&spec.name, binary, spec.log_file())
-        .args([spec.config_file().display().to_string()])
-        .env("HOME", spec.dir.display().to_string())
+    run(binary, &spec.name, &spec.dir, run_as, on_parent_death)
+}
+
+/// Runs Patroni on the configuration already in `member_dir` (`patroni.yml`, written by
+/// [`spawn`]): how a member whose node died is brought back — it rejoins as a replica.
+pub fn respawn(
+    binary: &Path,
+    name: &str,
+    member_dir: &Path,
+    run_as: Option<RunAs>,
+    on_parent_death: Signal,
+) -> anyhow::Result<Supervised> {
+    anyhow::ensure!(
+        member_dir.join("patroni.yml").is_file(),
+        "{} holds no patroni.yml",
+        member_dir.display()
+    );
+    run(binary, name, member_dir, run_as, on_parent_death)
+}
+
+fn run(
+    binary: &Path,
+    name: &str,
+    member_dir: &Path,
+    run_as: Option<RunAs>,
+    on_parent_death: Signal,
+) -> anyhow::Result<Supervised> {
+    let mut child = ChildSpec::new(name, binary, member_dir.join("patroni.log"))
+        .args([member_dir.join("patroni.yml").display().to_string()])
+        .env("HOME", member_dir.display().to_string())
         .env("PATH", "/usr/bin:/bin");
     child.run_as = run_as;
     child.stop_signal = Signal::SIGTERM;

@@ -1,7 +1,8 @@
 //! `GET /api/customers/{id}/messages?limit&cursor`: the customer's notifications, newest first.
 //!
 //! The eventual model: the page is read from a replica whose lag is under the pool's limit (the
-//! primary when none is), so a message may show up a moment after the change it reports.
+//! next one, then the primary, when it cannot be reached), so a message may show up a moment
+//! after the change it reports — and the route keeps answering while the primary fails over.
 
 use axum::Router;
 use axum::extract::State;
@@ -10,7 +11,7 @@ use platform::ApiError;
 use platform::extract::{Json, Query};
 use platform::pagination::{Page, PageQuery, PageRequest};
 
-use super::{AppState, OwnCustomer, ensure_customer_exists};
+use super::{AppState, OwnCustomer, customer_exists, ensure_customer_exists};
 use crate::messages::{self, Message, MessageKey};
 
 pub fn router() -> Router<AppState> {
@@ -24,7 +25,20 @@ async fn list_messages(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<Message>>, ApiError> {
     let page: PageRequest<MessageKey> = query.parse()?;
-    ensure_customer_exists(&state.pool, customer_id).await?;
-    let found = messages::page(state.pools.eventual(), customer_id, &page).await?;
+    // Existence is read eventually too, so the route answers while the primary fails over; a
+    // customer too new for the replicas (or no member answering) is asked of the primary.
+    let known = state
+        .pools
+        .read_eventually(|pool| async move { customer_exists(&pool, customer_id).await })
+        .await;
+    if !matches!(known, Ok(true)) {
+        ensure_customer_exists(&state.pool, customer_id).await?;
+    }
+    // A replica that died before the pool's probe noticed is skipped for the next one.
+    let page = &page;
+    let found = state
+        .pools
+        .read_eventually(|pool| async move { messages::page(&pool, customer_id, page).await })
+        .await?;
     Ok(Json(found))
 }

@@ -100,15 +100,19 @@ pub(crate) fn invalid_fields(errors: Vec<FieldError>) -> ApiError {
 
 /// 404 unless the customer exists; read on the primary, so a customer who just signed up is found.
 pub(crate) async fn ensure_customer_exists(pool: &PgPool, id: Uuid) -> Result<(), ApiError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
-    if exists {
+    if customer_exists(pool, id).await? {
         Ok(())
     } else {
         Err(customer_not_found(id))
     }
+}
+
+/// Whether `pool` knows the customer (a replica may not know one who just signed up).
+pub(crate) async fn customer_exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
 }
 
 /// The 404 for a customer id nobody has.

@@ -64,6 +64,25 @@ impl Drop for TestApp {
     }
 }
 
+/// The service on a free port over `db_url` (a cluster's multi-host URL, say), with `adjust`ed
+/// settings; returns its base URL and a guard that stops it when dropped.
+pub async fn serve_on(
+    db_url: &str,
+    adjust: impl FnOnce(&mut Config),
+) -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".into();
+    config.db.url = db_url.to_owned();
+    config.auth = auth_config();
+    adjust(&mut config);
+    let app = Application::build(config).await?;
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone().drop_guard();
+    tokio::spawn(app.run_until_stopped(shutdown));
+    Ok((base, stop))
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }

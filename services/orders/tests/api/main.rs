@@ -11,4 +11,5 @@ mod idempotency;
 mod messages;
 mod messages_cluster;
 mod orders;
+mod primary_down;
 mod sign_up;

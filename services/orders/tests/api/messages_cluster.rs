@@ -3,31 +3,21 @@
 
 use std::time::{Duration, Instant};
 
-use orders::{Application, Config};
 use platform::auth::Role;
 use platform::db::DbConfig;
 use platform::db::cluster::ClusterPool;
 use platform::pagination::PageRequest;
 use serde_json::{Value, json};
 use testkit::TestCluster;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{auth_config, bearer};
+use crate::helpers::{bearer, serve_on};
 
 #[tokio::test]
 async fn a_message_is_read_from_a_replica_once_replicated() -> anyhow::Result<()> {
     let cluster = TestCluster::start(2).await?;
     let url = cluster.service_database("orders").await?;
-    let mut config = Config::default();
-    config.http.listen = "127.0.0.1:0".into();
-    config.db.url = url.clone();
-    config.auth = auth_config();
-    let app = Application::build(config).await?;
-    let base = format!("http://{}", app.local_addr());
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(app.run_until_stopped(shutdown));
+    let (base, _stop) = serve_on(&url, |_| {}).await?;
 
     let client = reqwest::Client::new();
     let admin = bearer("admin", Role::Admin);
