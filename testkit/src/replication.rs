@@ -166,7 +166,9 @@ impl TestReplicaSet {
     /// Waits until replica `index` has replayed everything the primary had written when called.
     pub async fn wait_caught_up(&self, index: usize) -> anyhow::Result<()> {
         let mut primary = sqlx::PgConnection::connect(&self.primary.admin_url("postgres")).await?;
-        let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        // The insert position, not the write position: test servers run with
+        // synchronous_commit = off, so a commit that has returned may not be written yet.
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
             .fetch_one(&mut primary)
             .await?;
         let sql = format!("SELECT coalesce(pg_last_wal_replay_lsn() >= '{target}'::pg_lsn, false)");
