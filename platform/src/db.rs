@@ -1,6 +1,7 @@
 //! The PostgreSQL pool. Start-up waits for the database (launch order must not matter), and the URL's
 //! password never reaches a log line.
 
+pub mod clock;
 pub mod cluster;
 pub mod retry;
 
@@ -23,6 +24,10 @@ pub struct DbConfig {
     pub acquire_timeout_ms: u64,
     /// How long start-up keeps retrying an unreachable database before giving up.
     pub startup_timeout_seconds: u64,
+    /// How far this process's clock may be from the database's before the process reports itself
+    /// not ready ([`clock`]); below the tokens' leeway ([`crate::auth::LEEWAY_SECONDS`]). 0 turns
+    /// the check off.
+    pub max_clock_offset_ms: u64,
 }
 
 impl Default for DbConfig {
@@ -32,6 +37,7 @@ impl Default for DbConfig {
             max_connections: 10,
             acquire_timeout_ms: 3000,
             startup_timeout_seconds: 30,
+            max_clock_offset_ms: 2000,
         }
     }
 }
@@ -106,6 +112,8 @@ pub async fn connect(config: &DbConfig) -> anyhow::Result<PgPool> {
 pub struct Pools {
     primary: PgPool,
     cluster: Option<cluster::ClusterPool>,
+    /// [`DbConfig::max_clock_offset_ms`]; `None` when off.
+    max_clock_offset: Option<Duration>,
 }
 
 impl Pools {
@@ -117,17 +125,27 @@ impl Pools {
             return Ok(Pools {
                 primary: cluster.primary().clone(),
                 cluster: Some(cluster),
-            });
+                max_clock_offset: None,
+            }
+            .with_max_clock_offset(config.max_clock_offset_ms));
         }
-        Ok(Pools::single(connect(config).await?))
+        Ok(Pools::single(connect(config).await?).with_max_clock_offset(config.max_clock_offset_ms))
     }
 
-    /// One plain pool for everything (a single server).
+    /// One plain pool for everything (a single server), with the default clock offset limit.
     pub fn single(pool: PgPool) -> Pools {
         Pools {
             primary: pool,
             cluster: None,
+            max_clock_offset: None,
         }
+        .with_max_clock_offset(DbConfig::default().max_clock_offset_ms)
+    }
+
+    /// Sets [`DbConfig::max_clock_offset_ms`] (0: no clock check).
+    pub fn with_max_clock_offset(mut self, ms: u64) -> Pools {
+        self.max_clock_offset = (ms > 0).then(|| Duration::from_millis(ms));
+        self
     }
 
     pub fn primary(&self) -> &PgPool {
@@ -176,11 +194,21 @@ impl Pools {
     /// primary or a replica under the lag limit answers the pool's probe
     /// ([`cluster::ClusterPool::serving`]) — an instance that can still serve eventual reads
     /// while the primary fails over stays in rotation, and answers writes 503 + `Retry-After`.
+    /// Either way, this process's clock must be within the limit of the database's
+    /// ([`clock`]): a skewed instance would refuse valid tokens.
     pub async fn ready(&self) -> Result<(), String> {
         match &self.cluster {
-            Some(cluster) => cluster.serving(),
-            None => ping(&self.primary).await,
+            Some(cluster) => cluster.serving()?,
+            None => ping(&self.primary).await?,
         }
+        let Some(max) = self.max_clock_offset else {
+            return Ok(());
+        };
+        let offset = self
+            .read_eventually(|pool| async move { clock::measure(&pool).await })
+            .await
+            .map_err(|e| format!("clock: cannot read the database's clock: {e}"))?;
+        offset.within(max)
     }
 
     /// [`Pools::ready`] as the server's readiness check.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::state::{ProcessInfo, State};
 
-use super::launch::{self, Frozen, Launch};
+use super::launch::{self, Frozen, Launch, Until};
 use super::restart::{self, Request};
 use super::scenario::Scenario;
 
@@ -58,9 +58,12 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Injected> 
     }
     let launch = Launch::capture(&info)?;
     if let Some(offset) = scenario.skew() {
-        // The restart only carries the skew in; it is not the fault, so it is graceful.
+        // The restart only carries the skew in; it is not the fault, so it is graceful. The
+        // instance must notice its clock and keep itself out of rotation (docs/CLUSTER.md, "Clocks").
         launch::terminate_and_wait(info.pid).await?;
-        let now = launch.respawn(dir, &faketime_env(offset)?).await?;
+        let now = launch
+            .respawn_until(dir, &faketime_env(offset)?, Until::NotReadyBecause("clock"))
+            .await?;
         return Ok(Injected::Skewed { launch, now });
     }
     launch::kill_and_wait(info.pid).await?;

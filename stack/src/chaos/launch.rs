@@ -62,6 +62,16 @@ impl Launch {
         dir: &Path,
         extra_env: &[(&str, String)],
     ) -> anyhow::Result<ProcessInfo> {
+        self.respawn_until(dir, extra_env, Until::Ready).await
+    }
+
+    /// Like [`Launch::respawn`], waiting for `until` instead of readiness.
+    pub async fn respawn_until(
+        &self,
+        dir: &Path,
+        extra_env: &[(&str, String)],
+        until: Until,
+    ) -> anyhow::Result<ProcessInfo> {
         let mut env = self.env.clone();
         if self.info.kind == "discovery" {
             let port = self.info.url.rsplit(':').next().unwrap_or("0").to_owned();
@@ -84,8 +94,9 @@ impl Launch {
         let info =
             restart::wait_restarted(dir, &self.info.name, self.info.pid, Duration::from_secs(60))
                 .await?;
-        wait_ready(
+        wait_health(
             &format!("{}/health/ready", info.url),
+            until,
             Duration::from_secs(60),
         )
         .await?;
@@ -93,20 +104,41 @@ impl Launch {
     }
 }
 
-async fn wait_ready(url: &str, patience: Duration) -> anyhow::Result<()> {
+/// What a respawn waits for.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// `/health/ready` answers 2xx.
+    Ready,
+    /// `/health/ready` answers 503 with a reason containing the text: the process runs and
+    /// refuses traffic on purpose (a skewed clock).
+    NotReadyBecause(&'static str),
+}
+
+async fn wait_health(url: &str, until: Until, patience: Duration) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        if let Ok(response) = http.get(url).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
+        if let Ok(response) = http.get(url).send().await {
+            let status = response.status();
+            match until {
+                Until::Ready if status.is_success() => return Ok(()),
+                Until::NotReadyBecause(reason)
+                    if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && response
+                            .text()
+                            .await
+                            .is_ok_and(|body| body.contains(reason)) =>
+                {
+                    return Ok(());
+                }
+                _ => {}
+            }
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "{url} was not ready within {patience:?}"
+            "{url} did not reach {until:?} within {patience:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -69,10 +69,10 @@ impl Scenario {
             }
             Scenario::KillRegistry => "SIGKILL the registry, restart it on its port later",
             Scenario::SkewClockAhead => {
-                "restart orders-2 with its clock 1 hour ahead (faketime), then normally"
+                "restart orders-2 with its clock 1 hour ahead (faketime): it must keep itself out of rotation"
             }
             Scenario::SkewClockBehind => {
-                "restart orders-2 with its clock 1 hour behind (faketime), then normally"
+                "restart orders-2 with its clock 1 hour behind (faketime): it must keep itself out of rotation"
             }
             Scenario::KillPrimary => "SIGKILL the database primary, bring it back as a replica",
             Scenario::KillReplica => "SIGKILL one database replica",
