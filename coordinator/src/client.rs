@@ -113,6 +113,20 @@ impl Answer {
 pub struct PreparedEntry {
     pub gid: String,
     pub prepared_at: DateTime<Utc>,
+    /// The age by the participant database's clock; absent from participants older than the
+    /// field, whose entries are aged by this process's clock instead.
+    #[serde(default)]
+    pub age_ms: Option<u64>,
+}
+
+impl PreparedEntry {
+    /// How long ago the branch was prepared: by the database's clock when the participant said.
+    pub fn age(&self, now: DateTime<Utc>) -> Duration {
+        match self.age_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => (now - self.prepared_at).to_std().unwrap_or_default(),
+        }
+    }
 }
 
 /// Calls participants; one registry watch per service, started on first use.

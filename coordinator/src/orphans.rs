@@ -11,7 +11,8 @@
 //! | `committed` | commit |
 //! | `preparing`, `committing`, `aborting` | nothing: its driver (or recovery) finishes it |
 //!
-//! It also sets `coordinator_oldest_prepared_transaction_age_seconds` to the oldest age seen.
+//! It also sets `coordinator_oldest_prepared_transaction_age_seconds` to the oldest age seen. Ages
+//! come from the participant's database clock (`age_ms`), not this process's.
 //!
 //! ## Why the scan is race-safe
 //!
@@ -108,7 +109,7 @@ impl Coordinator {
             }
             let now = Utc::now();
             for entry in &listed {
-                let age = (now - entry.prepared_at).to_std().unwrap_or_default();
+                let age = entry.age(now);
                 report.oldest_age_seconds = report.oldest_age_seconds.max(age.as_secs_f64());
             }
             let gxids: Vec<_> = listed
@@ -123,7 +124,7 @@ impl Coordinator {
                 }
             };
             for entry in &listed {
-                let age = (now - entry.prepared_at).to_std().unwrap_or_default();
+                let age = entry.age(now);
                 match self.decide_orphan(service, entry, age, &known) {
                     Action::Leave => {}
                     Action::Abort => {

@@ -770,6 +770,15 @@ async fn prepared_lists_only_this_databases_gids_under_the_prefix() -> anyhow::R
         vec![ours.as_str()]
     );
     assert!(listed[0].prepared_at > before && listed[0].prepared_at <= chrono::Utc::now());
+    // The age comes from the database's clock and grows with it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = books_p.prepared("bkc:").await?;
+    assert!(
+        later[0].age_ms >= listed[0].age_ms + 300 && later[0].age_ms < 60_000,
+        "{} then {}",
+        listed[0].age_ms,
+        later[0].age_ms
+    );
     let all_books: BTreeSet<String> = books_p
         .prepared("")
         .await?
@@ -1117,6 +1126,7 @@ mod routes {
         assert_eq!(body[0]["gid"], gid.as_str());
         let at = body[0]["prepared_at"].as_str().unwrap_or_default();
         assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{body}");
+        assert!(body[0]["age_ms"].as_u64().is_some(), "{body}");
         let (status, _, body) = server.get("/internal/2pc/prepared?prefix=zzz:").await?;
         assert_eq!((status, body), (200, json!([])));
 

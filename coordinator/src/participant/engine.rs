@@ -76,6 +76,9 @@ pub struct PreparedGid {
     pub gid: String,
     /// When `PREPARE TRANSACTION` ran (RFC 3339 in JSON).
     pub prepared_at: DateTime<Utc>,
+    /// Its age by the database's clock, so the coordinator judges ages without trusting its own
+    /// clock (a coordinator an hour ahead would see every gid as an hour old).
+    pub age_ms: u64,
 }
 
 /// The `op` column of `tx_barrier`.
@@ -275,8 +278,10 @@ impl Participant {
     /// This database's prepared transactions whose gid starts with `prefix` (compared as text, so
     /// `_` and `%` are not wildcards), oldest first.
     pub async fn prepared(&self, prefix: &str) -> Result<Vec<PreparedGid>, ParticipantError> {
-        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT gid, prepared FROM pg_prepared_xacts \
+        let rows: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
+            "SELECT gid, prepared, \
+                    (extract(epoch FROM clock_timestamp() - prepared) * 1000)::int8 \
+             FROM pg_prepared_xacts \
              WHERE database = current_database() AND starts_with(gid, $1) \
              ORDER BY prepared, gid",
         )
@@ -285,7 +290,11 @@ impl Participant {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(gid, prepared_at)| PreparedGid { gid, prepared_at })
+            .map(|(gid, prepared_at, age_ms)| PreparedGid {
+                gid,
+                prepared_at,
+                age_ms: u64::try_from(age_ms).unwrap_or(0),
+            })
             .collect())
     }
 
