@@ -23,36 +23,23 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 CUSTOMERS=${CUSTOMERS:-64}
 BOOKS=${BOOKS:-200}
-say() { echo "bench: $*" >&2; }
-die() { echo "bench: $*" >&2; exit 1; }
+source bench/lib.sh
 
 for tool in wrk curl python3 pgbench; do
   command -v "$tool" >/dev/null || [[ $tool == pgbench ]] ||
     die "$tool is missing: run bench/gateway-vs-nginx.sh once (it installs wrk), or apt-get install $tool"
 done
 scripts/setup.sh
-if [[ -n "${BOOKSTORE_BIN:-}" ]]; then
-  BOOKSTORE=$BOOKSTORE_BIN
-else
-  say "building the release binary"
-  cargo build --release --quiet --bin bookstore
-  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  BOOKSTORE="$target_dir/release/bookstore"
-fi
+bookstore_binary
 
 out=${BENCH_OUT:-$(mktemp -d /tmp/checkout-bench.XXXXXX)}
 mkdir -p "$out"
 work=$(mktemp -d /tmp/checkout-bench-work.XXXXXX)
 chmod 755 "$work"
-up_pid=""
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
-  if [[ -n "$up_pid" ]]; then
-    kill -TERM "$up_pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$up_pid" 2>/dev/null || true
-  fi
+  stop_platform
   [[ -n "${BENCH_KEEP:-}" ]] && say "kept $work" || rm -rf "$work"
   exit "$code"
 }
@@ -64,25 +51,16 @@ PATH="$(dirname "$(readlink -f "$(ls /usr/lib/postgresql/15/bin/pg_ctl)")"):$PAT
   bench/pg-2pc-ceiling.sh "$CLIENTS" "$DURATION" | tee "$out/baselines.txt"
 
 say "starting the platform in $work"
-BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$work/platform" \
-  --gateway-port 0 --registry-port 0 --quiet --no-demo >"$work/up.out" 2>&1 &
-up_pid=$!
-state="$work/platform/state.json"
+start_platform "$work/platform"
 # Commits, rollbacks and new sessions per database, as the server counts them.
 pg_stat() {
   local port password
-  port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_port"])' "$state")
-  password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_superuser"])' "$work/platform/secrets.json")
+  port=$(json_field "$work/platform/state.json" postgres_port)
+  password=$(json_field "$work/platform/secrets.json" postgres_superuser)
   PGPASSWORD=$password psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc \
     "SELECT datname, xact_commit, xact_rollback, sessions FROM pg_stat_database
      WHERE datname IN ('books', 'orders', 'coordinator')"
 }
-for _ in $(seq 1 1200); do
-  kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.out" >&2; die "bookstore up exited"; }
-  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$state" 2>/dev/null && break
-  sleep 0.1
-done
-gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$state")
 
 say "creating $BOOKS books and $CUSTOMERS customers with credit"
 python3 bench/seed.py "$gateway" "$work/platform/secrets.json" "$BOOKS" "$CUSTOMERS" "$work"

@@ -22,36 +22,19 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 CUSTOMERS=${CUSTOMERS:-64}
 BOOKS=${BOOKS:-200}
-say() { echo "bench: $*" >&2; }
-die() { echo "bench: $*" >&2; exit 1; }
+source bench/lib.sh
 
 for tool in wrk curl python3 redis-cli; do
   command -v "$tool" >/dev/null ||
     die "$tool is missing: run bench/gateway-vs-nginx.sh once (it installs wrk), or apt-get install $tool"
 done
 scripts/setup.sh
-if [[ -n "${BOOKSTORE_BIN:-}" ]]; then
-  BOOKSTORE=$BOOKSTORE_BIN
-else
-  say "building the release binary"
-  cargo build --release --quiet --bin bookstore
-  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  BOOKSTORE="$target_dir/release/bookstore"
-fi
+bookstore_binary
 
 out=${BENCH_OUT:-$(mktemp -d /tmp/ratings-bench.XXXXXX)}
 mkdir -p "$out"
 work=$(mktemp -d /tmp/ratings-bench-work.XXXXXX)
 chmod 755 "$work"
-up_pid=""
-stop_platform() {
-  if [[ -n "$up_pid" ]]; then
-    kill -TERM "$up_pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$up_pid" 2>/dev/null || true
-    up_pid=""
-  fi
-}
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
@@ -62,18 +45,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
-# start_platform <dir> [up options...]: starts `bookstore up` and sets $gateway.
-start_platform() {
-  local dir=$1; shift
-  BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$dir" \
-    --gateway-port 0 --registry-port 0 --quiet --no-demo "$@" >"$dir.out" 2>&1 &
-  up_pid=$!
-  for _ in $(seq 1 1200); do
-    kill -0 "$up_pid" 2>/dev/null || { cat "$dir.out" >&2; die "bookstore up exited"; }
-    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$dir/state.json" 2>/dev/null && break
-    sleep 0.1
-  done
-  gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$dir/state.json")
+# seeded_platform <dir> [up options...]: starts `bookstore up`, sets $gateway, creates the data.
+seeded_platform() {
+  local dir=$1
+  start_platform "$@"
   say "creating $BOOKS books and $CUSTOMERS customers"
   python3 bench/seed.py "$gateway" "$dir/secrets.json" "$BOOKS" "$CUSTOMERS" "$dir"
 }
@@ -95,14 +70,15 @@ load() {
 }
 
 # The stream node: where the books instances were told the ratings stream is (redis-1).
+stream_port() {
+  python3 -c 'import json,sys; print(next(p["url"].rsplit(":",1)[1] for p in json.load(open(sys.argv[1]))["processes"] if p["name"] == "redis-1"))' "$1/state.json"
+}
 stream_pending() {
-  local port
-  port=$(python3 -c 'import json,sys; print(next(p["url"].rsplit(":",1)[1] for p in json.load(open(sys.argv[1]))["processes"] if p["name"] == "redis-1"))' "$1/state.json")
-  redis-cli -p "$port" -n 1 XLEN books:ratings
+  redis-cli -p "$(stream_port "$1")" -n 1 XLEN books:ratings
 }
 
 say "1/2: write-behind and the cache (bookstore up as shipped)"
-start_platform "$work/behind"
+seeded_platform "$work/behind"
 load behind rate "$work/behind"
 drain_start=$(date +%s.%N)
 for _ in $(seq 1 1200); do
@@ -117,13 +93,13 @@ load cached read "$work/behind"
 # The storage paths alone, on the same servers: XADD of a rating-sized entry (redis-benchmark) vs
 # one INSERT per rating in its own transaction (pgbench), both at $CLIENTS connections.
 say "storage alone: XADD vs one INSERT per transaction, ${DURATION}s each"
-redis_port=$(python3 -c 'import json,sys; print(next(p["url"].rsplit(":",1)[1] for p in json.load(open(sys.argv[1]))["processes"] if p["name"] == "redis-1"))' "$work/behind/state.json")
+redis_port=$(stream_port "$work/behind")
 redis-benchmark -p "$redis_port" --dbnum 2 -c "$CLIENTS" -n $((DURATION * 20000)) -q \
   XADD bench:ratings '*' rating_id 0190d0a0-0000-7000-8000-000000000000 \
   customer_id 0190d0a0-0000-7000-8000-000000000001 book_id 0190d0a0-0000-7000-8000-000000000002 \
   stars 4 text bench at 1733200000000 | tr '\r' '\n' | grep -a 'requests per second' | tail -1 | tee "$out/xadd.txt"
-pg_port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_port"])' "$work/behind/state.json")
-pg_password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["postgres_superuser"])' "$work/behind/secrets.json")
+pg_port=$(json_field "$work/behind/state.json" postgres_port)
+pg_password=$(json_field "$work/behind/secrets.json" postgres_superuser)
 cat >"$work/insert.sql" <<'SQL'
 INSERT INTO ratings (customer_id, book_id, rating_id, stars, text, stream_ms, stream_seq, rated_at)
 VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 4, 'bench', 1733200000000, 0, now());
@@ -136,7 +112,7 @@ PGPASSWORD=$pg_password psql -h 127.0.0.1 -p "$pg_port" -U postgres -d books -qc
 stop_platform
 
 say "2/2: write-through and no cache (bookstore up --redis-nodes 0)"
-BOOKSTORE_BOOKS__RATINGS__WRITE_THROUGH=true start_platform "$work/through" --redis-nodes 0
+BOOKSTORE_BOOKS__RATINGS__WRITE_THROUGH=true seeded_platform "$work/through" --redis-nodes 0
 load through rate "$work/through"
 load database read "$work/through"
 stop_platform

@@ -173,68 +173,87 @@ async fn run_discovery(file: Option<PathBuf>, shutdown: CancellationToken) -> an
 
 async fn run_books(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config: Registered<books::Config> = platform::config::load(file.as_deref())?;
-    let app = books::Application::build(config.service).await?;
-    let addr = app.local_addr();
-    let serve = |stop| app.run_until_stopped(stop);
-    serve_registered(
-        "books",
-        addr,
-        config.registry,
-        config.drain_after_deregister_ms,
-        shutdown,
-        serve,
-    )
-    .await
+    serve_component("books", config, books::Application::build, shutdown).await
 }
 
 async fn run_orders(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut config: Registered<orders::Config> = platform::config::load(file.as_deref())?;
     // Checkout finds books and the coordinator through the same registry the instance joins.
     config.service.checkout.registry = Some(config.registry.clone());
-    let app = orders::Application::build(config.service).await?;
-    let addr = app.local_addr();
-    let serve = |stop| app.run_until_stopped(stop);
-    serve_registered(
-        "orders",
-        addr,
-        config.registry,
-        config.drain_after_deregister_ms,
-        shutdown,
-        serve,
-    )
-    .await
+    serve_component("orders", config, orders::Application::build, shutdown).await
 }
 
 async fn run_coordinator(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut config: Registered<coordinator::Config> = platform::config::load(file.as_deref())?;
     // `registry` is read once, by the wrapper: the coordinator finds participants where it registers.
     config.service.registry = config.registry.clone();
-    let app = coordinator::Application::build(config.service).await?;
-    let addr = app.local_addr();
-    let serve = |stop| app.run_until_stopped(stop);
-    serve_registered(
+    serve_component(
         "coordinator",
-        addr,
-        config.registry,
-        config.drain_after_deregister_ms,
+        config,
+        coordinator::Application::build,
         shutdown,
-        serve,
     )
     .await
 }
 
 async fn run_warehouse(file: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config: Registered<warehouse::Config> = platform::config::load(file.as_deref())?;
-    let app = warehouse::Application::build(config.service).await?;
+    serve_component("warehouse", config, warehouse::Application::build, shutdown).await
+}
+
+/// A registered component's application, as [`serve_component`] drives it.
+trait Serve: Sized {
+    fn local_addr(&self) -> std::net::SocketAddr;
+    fn serve(
+        self,
+        stop: CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
+}
+
+/// Each application already has both as inherent methods; this only names them once.
+macro_rules! impl_serve {
+    ($($app:ty),*) => {$(
+        impl Serve for $app {
+            fn local_addr(&self) -> std::net::SocketAddr {
+                <$app>::local_addr(self)
+            }
+            fn serve(
+                self,
+                stop: CancellationToken,
+            ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+                <$app>::run_until_stopped(self, stop)
+            }
+        }
+    )*};
+}
+
+impl_serve!(
+    books::Application,
+    orders::Application,
+    coordinator::Application,
+    warehouse::Application
+);
+
+/// Builds the component from its config and serves it while registered ([`serve_registered`]).
+async fn serve_component<C, A, Fut>(
+    name: &str,
+    config: Registered<C>,
+    build: impl FnOnce(C) -> Fut,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<A>>,
+    A: Serve,
+{
+    let app = build(config.service).await?;
     let addr = app.local_addr();
-    let serve = |stop| app.run_until_stopped(stop);
     serve_registered(
-        "warehouse",
+        name,
         addr,
         config.registry,
         config.drain_after_deregister_ms,
         shutdown,
-        serve,
+        |stop| app.serve(stop),
     )
     .await
 }

@@ -644,10 +644,7 @@ mod tests {
         assert_eq!(breakers.state("books"), ServiceBreakerState::Closed);
 
         // Closed: requests go upstream again.
-        let call = tokio::spawn(service.clone().oneshot(exchange()));
-        let (_, respond) = handle.next_request().await.expect("a request");
-        respond.send_response(status(StatusCode::OK));
-        assert!(call.await.expect("task").is_ok());
+        passes_upstream(&service, &mut handle).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -656,13 +653,13 @@ mod tests {
         trip(&breakers);
         tokio::time::advance(OPEN).await;
 
-        let probe = tokio::spawn(service.clone().oneshot(exchange()));
-        let (_, respond) = handle
-            .next_request()
-            .await
-            .expect("the probe goes upstream");
-        respond.send_response(status(StatusCode::SERVICE_UNAVAILABLE));
-        let response = probe.await.expect("task").expect("a 503 is a response");
+        let response = upstream_answers(
+            &service,
+            &mut handle,
+            Ok(status(StatusCode::SERVICE_UNAVAILABLE)),
+        )
+        .await
+        .expect("a 503 is a response");
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(breakers.state("books"), ServiceBreakerState::Open);
 
@@ -674,15 +671,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
 
         // The next probe is an error: reopened for 20 s.
-        let probe = tokio::spawn(service.clone().oneshot(exchange()));
-        let (_, respond) = handle
-            .next_request()
-            .await
-            .expect("the probe goes upstream");
-        respond.send_error(UpstreamError::Timeout {
+        let timeout = UpstreamError::Timeout {
             instance: "books-1".into(),
-        });
-        assert!(probe.await.expect("task").is_err());
+        };
+        assert!(
+            upstream_answers(&service, &mut handle, Err(timeout))
+                .await
+                .is_err()
+        );
         assert_eq!(
             fails_fast(&mut service, &mut handle).await,
             Duration::from_secs(20)
@@ -694,11 +690,6 @@ mod tests {
         let (service, mut handle, breakers) = setup();
         trip(&breakers);
         tokio::time::advance(OPEN).await;
-        let probe = tokio::spawn(service.clone().oneshot(exchange()));
-        let (_, respond) = handle
-            .next_request()
-            .await
-            .expect("the probe goes upstream");
         // The service answers, deliberately: its database is failing over. That is no reroute
         // and no failure of the service's instances, so the breaker has no reason to stay open.
         let mut unavailable = status(StatusCode::SERVICE_UNAVAILABLE);
@@ -706,15 +697,13 @@ mod tests {
             http::header::RETRY_AFTER,
             http::HeaderValue::from_static("1"),
         );
-        respond.send_response(unavailable);
-        let response = probe.await.expect("task").expect("a response");
+        let response = upstream_answers(&service, &mut handle, Ok(unavailable))
+            .await
+            .expect("a response");
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(breakers.state("books"), ServiceBreakerState::Closed);
         // Closed: the next request goes upstream, not failed fast.
-        let call = tokio::spawn(service.clone().oneshot(exchange()));
-        let (_, respond) = handle.next_request().await.expect("a request");
-        respond.send_response(status(StatusCode::OK));
-        assert!(call.await.expect("task").is_ok());
+        passes_upstream(&service, &mut handle).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -761,19 +750,14 @@ mod tests {
         drop(probe);
         assert_eq!(breakers.state("books"), ServiceBreakerState::HalfOpen);
 
-        let next = tokio::spawn(service.clone().oneshot(exchange()));
-        let (_, respond) = handle
-            .next_request()
-            .await
-            .expect("a new probe goes upstream");
-        respond.send_response(status(StatusCode::OK));
-        assert!(next.await.expect("task").is_ok());
+        // A new probe goes upstream.
+        passes_upstream(&service, &mut handle).await;
         assert_eq!(breakers.state("books"), ServiceBreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
     async fn reroutes_while_half_open_do_not_count() {
-        let (mut service, mut handle, breakers) = setup();
+        let (service, mut handle, breakers) = setup();
         trip(&breakers);
         tokio::time::advance(OPEN).await;
         let probe = tokio::spawn(service.clone().oneshot(exchange()));
@@ -793,18 +777,32 @@ mod tests {
             breakers.record_reroute("books");
         }
         assert_eq!(breakers.state("books"), ServiceBreakerState::Closed);
-        passes_upstream(&mut service, &mut handle).await;
+        passes_upstream(&service, &mut handle).await;
     }
 
     /// Asserts that a request goes upstream (the breaker is closed).
     async fn passes_upstream(
-        service: &mut ServiceBreaker<Inner>,
+        service: &ServiceBreaker<Inner>,
         handle: &mut mock::Handle<Exchange, Response<Body>>,
     ) {
+        let result = upstream_answers(service, handle, Ok(status(StatusCode::OK))).await;
+        assert!(result.is_ok());
+    }
+
+    /// Sends one request, which must go upstream, where it gets `answer`; returns what the caller
+    /// got back.
+    async fn upstream_answers(
+        service: &ServiceBreaker<Inner>,
+        handle: &mut mock::Handle<Exchange, Response<Body>>,
+        answer: Result<Response<Body>, UpstreamError>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let call = tokio::spawn(service.clone().oneshot(exchange()));
         let (_, respond) = handle.next_request().await.expect("goes upstream");
-        respond.send_response(status(StatusCode::OK));
-        assert!(call.await.expect("task").is_ok());
+        match answer {
+            Ok(response) => respond.send_response(response),
+            Err(error) => respond.send_error(error),
+        }
+        call.await.expect("task")
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! closed (a concurrency), with HDR percentiles per operation, errors by kind, a ledger of every
 //! acknowledged write, and the invariant checks that compare that ledger with the databases.
 
+pub mod client;
 pub mod invariants;
 pub mod ledger;
 pub mod mix;

@@ -8,6 +8,7 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
+use crate::client::{self, log_in};
 use crate::ledger::{AckOrder, AckRating, Ledger, TopUp};
 use crate::mix::Operation;
 use crate::stats::Outcome;
@@ -144,20 +145,14 @@ impl Shop {
     }
 
     async fn sign_up(&self, email: String) -> anyhow::Result<Customer> {
-        let created: Value = self
-            .http
-            .post(format!("{}/api/customers", self.gateway))
-            .json(&json!({"email": email, "name": "Load Generator", "password": PASSWORD}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id = created["id"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("sign-up answered without an id: {created}"))?
-            .to_owned();
-        let token = log_in(&self.http, &self.gateway, &email, PASSWORD).await?;
+        let (id, token) = client::sign_up(
+            &self.http,
+            &self.gateway,
+            &email,
+            "Load Generator",
+            PASSWORD,
+        )
+        .await?;
         Ok(Customer {
             id,
             email,
@@ -166,32 +161,18 @@ impl Shop {
     }
 
     async fn catalog(&self) -> anyhow::Result<Vec<Book>> {
-        let mut books = Vec::new();
-        let mut url = format!("{}/api/books?limit=100", self.gateway);
-        loop {
-            let page: Value = self
-                .http
-                .get(&url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            for item in page["items"].as_array().into_iter().flatten() {
+        let books = client::all_books(&self.http, &self.gateway).await?;
+        Ok(books
+            .iter()
+            .map(|item| {
                 let text = |k: &str| item[k].as_str().unwrap_or_default().to_owned();
-                books.push(Book {
+                Book {
                     id: text("id"),
                     title: text("title"),
                     genre: text("genre"),
-                });
-            }
-            match page["next_cursor"].as_str() {
-                Some(cursor) => {
-                    url = format!("{}/api/books?limit=100&cursor={cursor}", self.gateway)
                 }
-                None => return Ok(books),
-            }
-        }
+            })
+            .collect())
     }
 
     /// Sends one `op` as a random customer; what it acknowledged goes into `ledger`.
@@ -448,26 +429,6 @@ enum TopUpResult {
     Refused(String),
     /// Sent, but whether it was applied is not known.
     Unknown(String),
-}
-
-async fn log_in(
-    http: &reqwest::Client,
-    gateway: &str,
-    email: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let answer: Value = http
-        .post(format!("{gateway}/api/auth/token"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    answer["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("the login answer has no access_token"))
 }
 
 /// `503 /problems/unavailable`: the status and the problem type, which together say what failed.

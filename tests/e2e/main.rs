@@ -67,26 +67,7 @@ pub fn secrets(platform: &TestPlatform) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// `POST /api/auth/token`; the access token.
-pub async fn log_in(
-    client: &reqwest::Client,
-    gateway: &str,
-    email: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let answer: Value = client
-        .post(format!("{gateway}/api/auth/token"))
-        .json(&serde_json::json!({"email": email, "password": password}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    answer["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no access_token in the login answer"))
-}
+pub use loadgen::client::{all_books, log_in};
 
 /// An access token for the platform's admin (password from `secrets.json`).
 pub async fn admin_token(
@@ -113,39 +94,7 @@ pub async fn new_customer(
     email: &str,
     password: &str,
 ) -> anyhow::Result<(String, String)> {
-    let customer: Value = client
-        .post(format!("{gateway}/api/customers"))
-        .json(&serde_json::json!({"email": email, "name": "E2E Customer", "password": password}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let id = customer["id"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("customer without id"))?
-        .to_owned();
-    Ok((id, log_in(client, gateway, email, password).await?))
-}
-
-/// Every book in the catalog, walking the pages.
-pub async fn all_books(client: &reqwest::Client, gateway: &str) -> anyhow::Result<Vec<Value>> {
-    let mut books = Vec::new();
-    let mut url = format!("{gateway}/api/books?limit=100");
-    loop {
-        let page: Value = client
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        books.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(cursor) => url = format!("{gateway}/api/books?limit=100&cursor={cursor}"),
-            None => return Ok(books),
-        }
-    }
+    loadgen::client::sign_up(client, gateway, email, "E2E Customer", password).await
 }
 
 /// Sum of every sample of `name` in the `/metrics` of the process at `base`, over the series whose

@@ -1,0 +1,51 @@
+# Shared by the bench scripts: `source bench/lib.sh` after `cd` to the repository root.
+#   say / die                 progress and fatal messages on stderr
+#   bookstore_binary          sets BOOKSTORE: $BOOKSTORE_BIN, else builds the release binary
+#   start_platform DIR [..]   `bookstore up` in the background (rate limiter off, no demo data,
+#                             free ports, extra up options after DIR); waits until ready; sets
+#                             up_pid and gateway. The log is DIR.out.
+#   stop_platform             SIGTERM, 30 s to stop in order, then SIGKILL
+
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+bookstore_binary() {
+  if [[ -n "${BOOKSTORE_BIN:-}" ]]; then
+    BOOKSTORE=$BOOKSTORE_BIN
+    return
+  fi
+  say "building the release binary"
+  cargo build --release --quiet --bin bookstore
+  local target_dir
+  target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  BOOKSTORE="$target_dir/release/bookstore"
+}
+
+# Reads one top-level field of a JSON file.
+json_field() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+up_pid=""
+start_platform() {
+  local dir=$1; shift
+  BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$dir" \
+    --gateway-port 0 --registry-port 0 --quiet --no-demo "$@" >"$dir.out" 2>&1 &
+  up_pid=$!
+  for _ in $(seq 1 1200); do
+    kill -0 "$up_pid" 2>/dev/null || { cat "$dir.out" >&2; die "bookstore up exited"; }
+    [[ $(json_field "$dir/state.json" ready 2>/dev/null) == True ]] && break
+    sleep 0.1
+  done
+  gateway=$(json_field "$dir/state.json" gateway_url)
+}
+
+stop_platform() {
+  if [[ -n "$up_pid" ]]; then
+    kill -TERM "$up_pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$up_pid" 2>/dev/null || true
+    up_pid=""
+  fi
+}
