@@ -25,6 +25,9 @@ struct Held {
     id: String,
 }
 
+/// Exporting and importing a snapshot both need a REPEATABLE READ transaction; nothing here writes.
+const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 /// Opens a connection to every database on `node` and exports its snapshot. The snapshot is taken
 /// by the first statement of the transaction, `pg_export_snapshot()` itself.
 pub async fn export(
@@ -37,9 +40,7 @@ pub async fn export(
         let mut conn = PgConnection::connect_with(&url.connect_options(node, database))
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to {database} on {node}: {e}"))?;
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(BEGIN_SNAPSHOT).execute(&mut conn).await?;
         let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
             .fetch_one(&mut conn)
             .await
@@ -77,9 +78,7 @@ impl Snapshots {
 
 /// Starts a read-only transaction on `conn` that sees exactly the exported snapshot `id`.
 pub async fn import(conn: &mut PgConnection, id: &str) -> anyhow::Result<()> {
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(BEGIN_SNAPSHOT).execute(&mut *conn).await?;
     // SET TRANSACTION SNAPSHOT takes no bind parameters; the id is a server-made token, quoted anyway.
     let quoted = id.replace('\'', "''");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
