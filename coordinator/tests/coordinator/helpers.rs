@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use coordinator::participant::{Branch, BranchError, Participant, Refusal, parse_payload};
 use coordinator::{Application, Config};
 use discovery::client::{Registration, RegistryConfig};
@@ -206,6 +206,10 @@ pub struct Observer {
     pub commit_delay_ms: AtomicU64,
     /// Stop serving right after answering the next successful prepare.
     pub stop_after_prepare: AtomicBool,
+    /// Set by that stop: the server's graceful shutdown would still serve requests on open
+    /// keep-alive connections for its grace period, so nothing is handled any more and every
+    /// connection is closed — the next attempt finds the port closed, as after a crash.
+    down: AtomicBool,
     server: Mutex<Option<CancellationToken>>,
 }
 
@@ -231,6 +235,9 @@ async fn observe(State(observer): State<Arc<Observer>>, request: Request, next: 
         [_, _, _, gid, op] => (gid.clone(), op.clone()),
         _ => return next.run(request).await,
     };
+    if observer.down.load(Ordering::SeqCst) {
+        return closing(StatusCode::SERVICE_UNAVAILABLE.into_response());
+    }
     {
         let mut requests = observer.requests.lock().expect("lock");
         *requests.entry((op.clone(), gid.clone())).or_default() += 1;
@@ -257,8 +264,19 @@ async fn observe(State(observer): State<Arc<Observer>>, request: Request, next: 
         && observer.stop_after_prepare.swap(false, Ordering::SeqCst)
         && let Some(server) = observer.server.lock().expect("lock").as_ref()
     {
+        observer.down.store(true, Ordering::SeqCst);
         server.cancel();
+        return closing(response);
     }
+    response
+}
+
+/// The response with `Connection: close`, so the client does not send anything else on it.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
     response
 }
 
@@ -372,6 +390,7 @@ impl TestParticipant {
     /// same port.
     pub async fn restart(&self) {
         self.stop_serving().await;
+        self.observer.down.store(false, Ordering::SeqCst);
         let (token, task, _) = serve(
             &self.participant,
             &self.verifier,
