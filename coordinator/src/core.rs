@@ -35,6 +35,10 @@ pub(crate) struct Coordinator {
     changes: broadcast::Sender<Uuid>,
     /// Cancelled when the process stops: drivers and loops end, waiting callers answer at once.
     pub stopping: CancellationToken,
+    /// Held by a recovery pass from its claim until its drivers are started, and by [`Self::stop`]
+    /// once, after cancelling: so no pass can claim a transaction after `stop` released the
+    /// leases (it did, once: the peer then waited out the whole lease).
+    pub(crate) recovery_gate: tokio::sync::Mutex<()>,
 }
 
 impl Coordinator {
@@ -53,6 +57,7 @@ impl Coordinator {
             faults,
             owner,
             leases: Leases::default(),
+            recovery_gate: tokio::sync::Mutex::new(()),
             changes: broadcast::channel(1024).0,
             stopping,
         }
@@ -252,6 +257,9 @@ impl Coordinator {
     /// releasing it could let a peer drive the transaction while this one still does.
     pub(crate) async fn stop(&self) {
         self.stopping.cancel();
+        // A recovery pass under way finishes starting its drivers (which stop at once and join
+        // the released ones); later passes see `stopping` and claim nothing.
+        drop(self.recovery_gate.lock().await);
         if !self.leases.wait_empty(STOP_DRIVERS_LIMIT).await {
             tracing::warn!("some drivers did not stop in time; their leases will simply expire");
         }

@@ -81,6 +81,10 @@ impl Coordinator {
 
     /// One recovery pass; returns how many transactions it claimed.
     pub(crate) async fn recover_once(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
+        let _gate = self.recovery_gate.lock().await;
+        if self.stopping.is_cancelled() {
+            return Ok(0);
+        }
         let sent = Instant::now();
         let claimed = store::claim_expired(
             &self.pool,
