@@ -220,6 +220,31 @@ impl ClusterPool {
             .collect()
     }
 
+    /// The replicas under the lag limit by name (`host:port`), best first (the least lagging, the
+    /// passive member last): where a reader that must pin one member (the warehouse ETL, which
+    /// reads two databases of the same member) chooses from. Empty when none qualifies.
+    pub fn replica_members(&self) -> Vec<String> {
+        let topology = self.topology();
+        let mut replicas: Vec<&NodeState> = topology
+            .nodes
+            .iter()
+            .filter(|n| self.serves_eventual_reads(n))
+            .collect();
+        replicas.sort_by_key(|n| (n.passive, n.lag_bytes));
+        replicas.into_iter().map(|n| n.node.clone()).collect()
+    }
+
+    /// The read pool of one member by name (`host:port`), whatever its role: a connection from it
+    /// may land on a replica or — after a failover — on the primary, so a reader that cares checks
+    /// `pg_is_in_recovery()` itself. Two cluster pools over the same servers (one per database)
+    /// name their members alike, which is how a reader finds both databases on one member.
+    pub fn member(&self, node: &str) -> Option<&PgPool> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| &n.readers)
+    }
+
     /// A replica that answered the last probe within the lag limits.
     fn serves_eventual_reads(&self, node: &NodeState) -> bool {
         node.up
