@@ -52,6 +52,13 @@ async fn admin(pg: &testkit::TestPostgres) -> PgPool {
         .expect("admin pool")
 }
 
+async fn fact_orders(h: &Harness) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT DISTINCT order_id FROM fact_sales")
+        .fetch_all(&h.warehouse)
+        .await
+        .expect("fact orders")
+}
+
 /// The WAL position stored with the orders watermark.
 async fn orders_lsn(h: &Harness) -> String {
     sqlx::query_scalar("SELECT lsn::text FROM etl_watermarks WHERE source = 'orders'")
@@ -239,8 +246,9 @@ async fn after_a_failover_that_reuses_transaction_ids_the_next_run_reads_everyth
     assert!(first.source.is_some_and(|s| s.starts_with("replica")));
 
     // Asynchronous replication loses the primary's last transactions when it dies: r1 stops
-    // receiving, the primary commits transactions r1 never sees (in another database, so nothing the
-    // warehouse reads is lost), and a run reading the primary moves the watermark past them.
+    // receiving, the primary commits transactions r1 never sees — an order and a rating, and many
+    // in another database — and a run reading the primary loads them and moves the watermark past
+    // them.
     let r1_admin = admin(&h.set().replicas[0]).await;
     sqlx::query("ALTER SYSTEM SET primary_conninfo = ''")
         .execute(&r1_admin)
@@ -265,11 +273,14 @@ async fn after_a_failover_that_reuses_transaction_ids_the_next_run_reads_everyth
             .expect("a transaction r1 never sees");
     }
     primary_admin.close().await;
+    let lost = h.order(customer, &[(book, 9, 1200)]).await;
+    h.rate(customer, book, 5).await;
     let on_primary = Harness::etl_for(h.pg(), &h.warehouse_url).await;
     let report = on_primary
         .run(Uuid::now_v7(), Mode::Incremental, Trigger::Manual, &Quiet)
         .await;
     assert!(report.succeeded(), "{:?}", report.error);
+    assert!(fact_orders(&h).await.contains(&lost));
     let watermark: i64 = sqlx::query_scalar(
         "SELECT split_part(snapshot, ':', 1)::bigint FROM etl_watermarks WHERE source = 'orders'",
     )
@@ -340,8 +351,12 @@ async fn after_a_failover_that_reuses_transaction_ids_the_next_run_reads_everyth
         Harness::fact_lines(&h.warehouse).await,
         h.source_lines().await
     );
+    assert!(
+        !fact_orders(&h).await.contains(&lost),
+        "the order the failover lost is still in the warehouse"
+    );
 
-    // And the warehouse equals a full load of the new primary.
+    // And the warehouse equals a full load of the new primary (the lost rating is gone too).
     let (full_pool, full) = h
         .second_warehouse_over("warehousefull", &h.set().replicas[0])
         .await;
