@@ -117,7 +117,7 @@ impl RunReport {
     }
 }
 
-/// The ETL with its three pools. Cheap to clone.
+/// The ETL with its pools (the warehouse and the two sources). Cheap to clone.
 #[derive(Clone)]
 pub struct Etl {
     inner: Arc<Inner>,
@@ -130,11 +130,6 @@ struct Inner {
     settings: EtlSettings,
     /// Failures that could not be recorded (the warehouse was down); written by the next run.
     unrecorded: std::sync::Mutex<Vec<FailedRun>>,
-}
-
-/// A source database's pool (see [`SourcePool::connect`]).
-pub async fn source_pool(config: &platform::db::DbConfig) -> anyhow::Result<SourcePool> {
-    SourcePool::connect(config).await
 }
 
 impl Etl {
