@@ -220,18 +220,15 @@ impl ClusterPool {
             .collect()
     }
 
-    /// The replicas under the lag limit by name (`host:port`), best first (the least lagging, the
-    /// passive member last): where a reader that must pin one member (the warehouse ETL, which
-    /// reads two databases of the same member) chooses from. Empty when none qualifies.
-    pub fn replica_members(&self) -> Vec<String> {
-        let topology = self.topology();
-        let mut replicas: Vec<&NodeState> = topology
+    /// The replicas under the lag limit as the last probe saw them, in member order: for a reader
+    /// that must pin one member and choose by its own criteria (the warehouse ETL, which reads two
+    /// databases of the same member and prefers the passive one). Empty when none qualifies.
+    pub fn replica_members(&self) -> Vec<NodeState> {
+        self.topology()
             .nodes
-            .iter()
+            .into_iter()
             .filter(|n| self.serves_eventual_reads(n))
-            .collect();
-        replicas.sort_by_key(|n| (n.passive, n.lag_bytes));
-        replicas.into_iter().map(|n| n.node.clone()).collect()
+            .collect()
     }
 
     /// The read pool of one member by name (`host:port`), whatever its role: a connection from it

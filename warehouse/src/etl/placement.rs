@@ -207,11 +207,16 @@ pub async fn place(
     let need_orders = last.position("orders").map(|p| p.lsn.as_str());
     let need_books = last.position("books").map(|p| p.lsn.as_str());
     // Both databases on the same member; the cluster pool's probe (every 500 ms) says which
-    // replicas are up and under the lag limit, re-read on every poll.
+    // replicas are up and under the lag limit, re-read on every poll. The passive member first:
+    // Patroni never makes it the synchronous standby, whose replay a long read could hold up
+    // (a recovery conflict waits up to `max_standby_streaming_delay`), and with it every
+    // `remote_apply` commit; then the least lagging.
     let candidates = || -> Vec<(String, PgPool, PgPool)> {
-        orders_cluster
-            .replica_members()
+        let mut replicas = orders_cluster.replica_members();
+        replicas.sort_by_key(|n| (!n.passive, n.lag_bytes));
+        replicas
             .into_iter()
+            .map(|n| n.node)
             .filter_map(|name| {
                 let orders = orders_cluster.member(&name)?.clone();
                 let books = books_cluster.member(&name)?.clone();

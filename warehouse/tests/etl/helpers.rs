@@ -89,20 +89,31 @@ impl Harness {
     /// on its own server, and an ETL given every member, as `bookstore up` configures it on the
     /// Patroni cluster.
     pub async fn start_replicated(replicas: usize, settings: EtlSettings) -> Harness {
+        let options: Vec<ReplicaOptions> = (1..=replicas)
+            .map(|n| ReplicaOptions::named(&format!("r{n}")))
+            .collect();
+        Self::start_with_replicas(&options, settings).await
+    }
+
+    /// [`Harness::start_replicated`] with each replica's options.
+    pub async fn start_with_replicas(
+        replicas: &[ReplicaOptions],
+        settings: EtlSettings,
+    ) -> Harness {
         platform::metrics::install("warehouse");
         let mut set = TestReplicaSet::start(&[])
             .await
             .expect("the primary starts");
         let (books, orders) = source_databases(&set.primary).await;
-        for n in 1..=replicas {
+        for options in replicas {
             let backup = set.base_backup().await.expect("base backup");
             let replica = set
-                .start_replica(backup, &ReplicaOptions::named(&format!("r{n}")))
+                .start_replica(backup, options)
                 .await
                 .expect("replica starts");
             set.replicas.push(replica);
         }
-        for i in 0..replicas {
+        for i in 0..replicas.len() {
             set.wait_caught_up(i).await.expect("replica catches up");
         }
         let warehouse_pg = TestPostgres::start().await.expect("warehouse server");

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use testkit::ReplicaOptions;
 use uuid::Uuid;
 use warehouse::etl::runs::{self, RunRecord};
 use warehouse::etl::{EtlSettings, Mode, Trigger};
@@ -105,23 +106,31 @@ async fn orders_lsn(h: &Harness) -> String {
 }
 
 #[tokio::test]
-async fn a_run_reads_a_replica_when_one_exists_and_the_primary_when_none_qualifies() {
-    let mut h = Harness::start_replicated(1, settings(1)).await;
+async fn a_run_reads_a_replica_the_passive_one_first_and_the_primary_when_none_qualifies() {
+    let mut h = Harness::start_with_replicas(
+        &[
+            ReplicaOptions::named("r1"),
+            ReplicaOptions::named("r2").setting("bookstore.nofailover", "on"),
+        ],
+        settings(1),
+    )
+    .await;
     seed(&h, 3).await;
-    h.set().wait_caught_up(0).await.expect("caught up");
-    let replica = member(&h.set().replicas[0]);
+    h.set().wait_caught_up(0).await.expect("r1 caught up");
+    h.set().wait_caught_up(1).await.expect("r2 caught up");
+    let passive = member(&h.set().replicas[1]);
     let first = run(&h).await;
     assert_eq!(
         first.source.as_deref(),
-        Some(format!("replica {replica}").as_str())
+        Some(format!("replica {passive}").as_str())
     );
     assert_eq!(
         Harness::fact_lines(&h.warehouse).await,
         h.source_lines().await
     );
 
-    // The replica stops: no member qualifies, the run reads the primary.
-    drop(h.set_mut().replicas.pop());
+    // The replicas stop: no member qualifies, the run reads the primary.
+    h.set_mut().replicas.clear();
     let customer = h.customer("Later").await;
     let book = h.book("Emma", "Austen", "classic", 900).await;
     h.order(customer, &[(book, 2, 900)]).await;
