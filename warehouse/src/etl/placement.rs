@@ -17,8 +17,8 @@
 //!   good. So every run asks the primary for its history — the system identifier and the timeline,
 //!   which a promotion (or a point-in-time restore) increments — and when it differs from the one
 //!   stored with the watermark, the run reads every row, from the primary. The loads are idempotent
-//!   upserts, so reading everything again is safe; rows loaded from lost transactions are not removed
-//!   (docs/WAREHOUSE.md says when that can happen).
+//!   upserts, so reading everything again is safe, and a complete read removes the facts the source
+//!   no longer has (the lost transactions' rows; [`super::load`]).
 
 use std::str::FromStr;
 use std::time::Duration;
