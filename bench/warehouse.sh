@@ -4,9 +4,11 @@
 #   incremental: then 1 % of the rows change (new orders worth 1 % of the lines, 1 % of the books
 #   repriced, 1 % of the ratings replaced) and an incremental load runs; its time is reported as a
 #   ratio of the full load's (goal ≤ 5 %).
-# Usage: warehouse.sh [order_lines=1000000] [bookstore binary=target/release/bookstore] [port=55700]
+# Usage: [REPLICA=1] warehouse.sh [order_lines=1000000] [bookstore binary=target/release/bookstore] [port=55700]
 # Starts its own scratch PostgreSQL (as the postgres OS user when run as root) and stops it at the
 # end. The generator writes straight into the books and orders schemas (their real migrations).
+# REPLICA=1 also starts a streaming replica (pg_basebackup, port+1) and gives the ETL both as a
+# multi-host URL, as on the cluster: the loads then read the replica (printed from etl_runs.source).
 set -euo pipefail
 LINES=${1:-1000000}; BOOKSTORE=${2:-target/release/bookstore}; PORT=${3:-55700}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,18 +67,37 @@ generate_orders 1 "$ORDERS"
 "${PSQL[@]}" -d postgres -c "VACUUM ANALYZE" 2>/dev/null || true
 for db in books orders; do "${PSQL[@]}" -d $db -c "VACUUM ANALYZE"; done
 
+SOURCES="127.0.0.1:$PORT"
+caught_up() { :; }
+if [ "${REPLICA:-0}" = 1 ]; then
+  RPORT=$((PORT + 1))
+  "${AS[@]}" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/replica" \
+    --write-recovery-conf --wal-method=stream --checkpoint=fast
+  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/replica" -l "$WORK/replica.log" -o "-p $RPORT" -w start >/dev/null
+  trap '"${AS[@]}" "$BIN/pg_ctl" -D "$WORK/replica" -m fast -w stop >/dev/null; "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null; rm -rf "$WORK"' EXIT
+  SOURCES="127.0.0.1:$PORT,127.0.0.1:$RPORT"
+  # Before each load: the replica has replayed everything the primary has inserted.
+  caught_up() {
+    local target; target=$("${PSQL[@]}" -d postgres -Atc "SELECT pg_current_wal_insert_lsn()")
+    until [ "$(psql -X -h 127.0.0.1 -p "$RPORT" -U postgres -d postgres -Atc \
+        "SELECT pg_last_wal_replay_lsn() >= '$target'")" = t ]; do sleep 0.2; done
+  }
+fi
 export BOOKSTORE_DB__URL="postgres://postgres@127.0.0.1:$PORT/warehouse"
-export BOOKSTORE_SOURCES__BOOKS__URL="postgres://postgres@127.0.0.1:$PORT/books"
-export BOOKSTORE_SOURCES__ORDERS__URL="postgres://postgres@127.0.0.1:$PORT/orders"
+export BOOKSTORE_SOURCES__BOOKS__URL="postgres://postgres@$SOURCES/books"
+export BOOKSTORE_SOURCES__ORDERS__URL="postgres://postgres@$SOURCES/orders"
 export CI=1 RUST_LOG=error
 seconds() { local start end; start=$(date +%s.%N); "$BOOKSTORE" warehouse load "$@" >"$WORK/load.out"; end=$(date +%s.%N); cat "$WORK/load.out" >&2; python3 -c "print($end - $start)"; }
+caught_up
 full=$(seconds --full)
 
 CHANGED=$((LINES / 100 / 3))
 generate_orders $((ORDERS + 1)) "$CHANGED"
 "${PSQL[@]}" -d books -c "UPDATE books SET price_cents = price_cents + 1 WHERE id IN (SELECT id FROM books ORDER BY id LIMIT $BOOKS / 100 + 1)"
 "${PSQL[@]}" -d books -c "UPDATE ratings SET stars = 6 - stars WHERE ctid IN (SELECT ctid FROM ratings LIMIT $RATINGS / 100)"
+caught_up
 incremental=$(seconds)
+"${PSQL[@]}" -d warehouse -Atc "SELECT mode || ' read from ' || source FROM etl_runs ORDER BY started_at" >&2
 
 python3 - "$LINES" "$full" "$incremental" <<'PY'
 import sys

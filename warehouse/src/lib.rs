@@ -68,17 +68,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("Failed to apply the warehouse migrations")
 }
 
-/// Connects to the warehouse (waiting for it) and migrates it; the sources are connected lazily, so
-/// a source that is down fails runs (recorded, retried) instead of the start-up.
+/// Connects to the warehouse (waiting for it) and migrates it; a single-server source is connected
+/// lazily, so a source that is down fails runs (recorded, retried) instead of the start-up (a
+/// cluster source waits for its primary at start-up, like every cluster client).
 pub async fn connect(config: &Config) -> anyhow::Result<Etl> {
     let warehouse = platform::db::connect(&config.db)
         .await
         .context("Failed to connect to the warehouse database")?;
     migrate(&warehouse).await?;
-    let books = etl::source_pool(&config.sources.books)
+    let books = etl::placement::SourcePool::connect(&config.sources.books)
         .await
         .context("books source")?;
-    let orders = etl::source_pool(&config.sources.orders)
+    let orders = etl::placement::SourcePool::connect(&config.sources.orders)
         .await
         .context("orders source")?;
     Ok(Etl::new(warehouse, books, orders, config.etl.clone()))

@@ -220,6 +220,28 @@ impl ClusterPool {
             .collect()
     }
 
+    /// The replicas under the lag limit as the last probe saw them, in member order: for a reader
+    /// that must pin one member and choose by its own criteria (the warehouse ETL, which reads two
+    /// databases of the same member and prefers the passive one). Empty when none qualifies.
+    pub fn replica_members(&self) -> Vec<NodeState> {
+        self.topology()
+            .nodes
+            .into_iter()
+            .filter(|n| self.serves_eventual_reads(n))
+            .collect()
+    }
+
+    /// The read pool of one member by name (`host:port`), whatever its role: a connection from it
+    /// may land on a replica or — after a failover — on the primary, so a reader that cares checks
+    /// `pg_is_in_recovery()` itself. Two cluster pools over the same servers (one per database)
+    /// name their members alike, which is how a reader finds both databases on one member.
+    pub fn member(&self, node: &str) -> Option<&PgPool> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| &n.readers)
+    }
+
     /// A replica that answered the last probe within the lag limits.
     fn serves_eventual_reads(&self, node: &NodeState) -> bool {
         node.up

@@ -19,6 +19,8 @@ pub struct Source {
     tx: Transaction<'static, Postgres>,
     snapshot: String,
     xmax: i64,
+    replica: bool,
+    lsn: String,
 }
 
 impl Source {
@@ -49,12 +51,30 @@ impl Source {
             .with_context(context)?;
         let xmax = snapshot_xmax(&snapshot)
             .with_context(|| format!("unexpected snapshot {snapshot:?} from {name}"))?;
+        // Read after the snapshot, so at or past it: a later run that waits for a replica's replay
+        // to pass this position sees everything this snapshot saw (docs/WAREHOUSE.md).
+        let (replica, lsn): (bool, String) = sqlx::query_as(super::placement::POSITION_SQL)
+            .fetch_one(&mut *tx)
+            .await
+            .with_context(context)?;
         Ok(Source {
             name,
             tx,
             snapshot,
             xmax,
+            replica,
+            lsn,
         })
+    }
+
+    /// Whether the member read is a hot standby.
+    pub fn replica(&self) -> bool {
+        self.replica
+    }
+
+    /// The WAL position this snapshot was taken at (or just past it).
+    pub fn lsn(&self) -> &str {
+        &self.lsn
     }
 
     /// Ends the read and hands back the snapshot it saw (the next run's watermark).

@@ -288,15 +288,25 @@ pub async fn sales(
     progress: &dyn Progress,
     rows: &mut RowCounts,
 ) -> anyhow::Result<()> {
+    let complete = Seen::start(tx, since, "etl_seen_sales", "order_id uuid, line_no int").await?;
     let mut stream = source.sales(since);
     loop {
         let lines: Vec<SaleRow> = next_batch(&mut stream, batch).await?;
         if lines.is_empty() {
-            return Ok(());
+            break;
         }
         progress.rows(lines.len() as u64);
         let (committed, other): (Vec<SaleRow>, Vec<SaleRow>) =
             lines.into_iter().partition(|l| l.status == "committed");
+        if let Some(seen) = &complete {
+            seen.add(
+                tx,
+                "SELECT * FROM UNNEST($1::uuid[], $2::int[])",
+                committed.iter().map(|l| l.order_id).collect(),
+                committed.iter().map(|l| l.line_no).collect::<Vec<_>>(),
+            )
+            .await?;
+        }
         remove_orders(tx, &other, rows).await?;
         ensure_dates(
             tx,
@@ -308,6 +318,91 @@ pub async fn sales(
         )
         .await?;
         upsert_sales(tx, &committed, rows).await?;
+    }
+    if let Some(seen) = complete {
+        seen.prune(tx, "fact_sales", &["order_id", "line_no"], rows)
+            .await?;
+    }
+    Ok(())
+}
+
+/// On a complete read (no watermark: a full load, or the re-read after the source's history
+/// changed), the keys read, in a temporary table, so that the facts the source no longer has can be
+/// removed afterwards — rows of transactions a failover lost. An incremental read cannot tell a
+/// missing row from an unchanged one, so it never prunes.
+struct Seen {
+    table: &'static str,
+}
+
+impl Seen {
+    /// `None` for an incremental read; else a temporary `table (columns)`, dropped at commit.
+    async fn start(
+        tx: &mut Tx,
+        since: Option<i64>,
+        table: &'static str,
+        columns: &str,
+    ) -> anyhow::Result<Option<Seen>> {
+        if since.is_some() {
+            return Ok(None);
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TEMPORARY TABLE {table} ({columns}) ON COMMIT DROP"
+        )))
+        .execute(&mut **tx)
+        .await
+        .context("Failed to create the table of keys read")?;
+        Ok(Some(Seen { table }))
+    }
+
+    async fn add<A>(
+        &self,
+        tx: &mut Tx,
+        select: &str,
+        first: Vec<Uuid>,
+        second: A,
+    ) -> anyhow::Result<()>
+    where
+        A: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} {select}",
+            self.table
+        )))
+        .bind(first)
+        .bind(second)
+        .execute(&mut **tx)
+        .await
+        .context("Failed to note the keys read")?;
+        Ok(())
+    }
+
+    /// Deletes the rows of `fact` whose key (`key` columns) was not read.
+    async fn prune(
+        self,
+        tx: &mut Tx,
+        fact: &str,
+        key: &[&str],
+        rows: &mut RowCounts,
+    ) -> anyhow::Result<()> {
+        let matches = key
+            .iter()
+            .map(|c| format!("s.{c} = f.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {}", self.table)))
+            .execute(&mut **tx)
+            .await
+            .context("Failed to analyze the keys read")?;
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {fact} f WHERE NOT EXISTS (SELECT 1 FROM {} s WHERE {matches})",
+            self.table
+        )))
+        .execute(&mut **tx)
+        .await
+        .with_context(|| format!("Failed to remove the {fact} rows the source no longer has"))?
+        .rows_affected();
+        add(rows, fact, n);
+        Ok(())
     }
 }
 
@@ -375,13 +470,29 @@ pub async fn ratings(
     progress: &dyn Progress,
     rows: &mut RowCounts,
 ) -> anyhow::Result<()> {
+    let complete = Seen::start(
+        tx,
+        since,
+        "etl_seen_ratings",
+        "customer_id uuid, book_id uuid",
+    )
+    .await?;
     let mut stream = source.ratings(since);
     loop {
         let ratings: Vec<RatingRow> = next_batch(&mut stream, batch).await?;
         if ratings.is_empty() {
-            return Ok(());
+            break;
         }
         progress.rows(ratings.len() as u64);
+        if let Some(seen) = &complete {
+            seen.add(
+                tx,
+                "SELECT * FROM UNNEST($1::uuid[], $2::uuid[])",
+                ratings.iter().map(|r| r.customer_id).collect(),
+                ratings.iter().map(|r| r.book_id).collect::<Vec<_>>(),
+            )
+            .await?;
+        }
         ensure_dates(
             tx,
             ratings.iter().map(|r| r.rated_at.date_naive()).collect(),
@@ -410,4 +521,9 @@ pub async fn ratings(
         .rows_affected();
         add(rows, "fact_ratings", n);
     }
+    if let Some(seen) = complete {
+        seen.prune(tx, "fact_ratings", &["customer_id", "book_id"], rows)
+            .await?;
+    }
+    Ok(())
 }

@@ -6,27 +6,28 @@
 //! - [`watermark`]: which rows a run reads (transaction snapshots, not timestamps).
 //! - [`extract`]: the source queries, streamed in batches.
 //! - [`load`]: the idempotent upserts (SCD type 2 for books).
+//! - [`placement`]: which member of a replicated source a run reads (one replica for both
+//!   databases, never behind the last run), and when a changed history makes it read everything.
 //! - [`runs`]: the `etl_runs` record and the advisory lock that keeps runs from overlapping.
 
 pub mod extract;
 pub mod load;
+pub mod placement;
 pub mod runs;
 pub mod telemetry;
 pub mod watermark;
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use platform::db::DbConfig;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::progress::Progress;
+use placement::{Placement, Position, SourcePool};
 use runs::{FailedRun, RunLock};
 use watermark::Watermarks;
 
@@ -43,6 +44,9 @@ pub struct EtlSettings {
     /// How long a source query may run before the run fails (a hung replica must not stall runs
     /// forever; the lock is released and the next run retries).
     pub statement_timeout_seconds: u64,
+    /// On a replicated source: how long a run waits for a replica to replay past the last run's
+    /// position before it reads the primary instead.
+    pub replica_wait_seconds: u64,
 }
 
 impl Default for EtlSettings {
@@ -51,6 +55,7 @@ impl Default for EtlSettings {
             schedule: "0 */5 * * * *".into(),
             batch_rows: 5000,
             statement_timeout_seconds: 600,
+            replica_wait_seconds: 10,
         }
     }
 }
@@ -112,7 +117,7 @@ impl RunReport {
     }
 }
 
-/// The ETL with its three pools. Cheap to clone.
+/// The ETL with its pools (the warehouse and the two sources). Cheap to clone.
 #[derive(Clone)]
 pub struct Etl {
     inner: Arc<Inner>,
@@ -120,40 +125,25 @@ pub struct Etl {
 
 struct Inner {
     warehouse: PgPool,
-    books: PgPool,
-    orders: PgPool,
+    books: SourcePool,
+    orders: SourcePool,
     settings: EtlSettings,
     /// Failures that could not be recorded (the warehouse was down); written by the next run.
     unrecorded: std::sync::Mutex<Vec<FailedRun>>,
 }
 
-/// A pool for a source database that connects on first use: a source that is down at start-up
-/// fails the runs (recorded, alerted on), not the process. A multi-host URL (the Patroni cluster)
-/// gets the cluster-aware pool's primary, which follows failovers; it waits for the cluster at
-/// start-up. Why not a replica yet: docs/WAREHOUSE.md, "Reading from replicas".
-pub async fn source_pool(config: &DbConfig) -> anyhow::Result<PgPool> {
-    if platform::db::is_multi_host(&config.url) {
-        return platform::db::connect(config).await;
-    }
-    let options = PgConnectOptions::from_str(&config.url).map_err(|e| {
-        anyhow::anyhow!(
-            "invalid database url {}: {e}",
-            platform::db::redact(&config.url)
-        )
-    })?;
-    Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections.clamp(1, 4))
-        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-        .connect_lazy_with(options))
-}
-
 impl Etl {
-    pub fn new(warehouse: PgPool, books: PgPool, orders: PgPool, settings: EtlSettings) -> Etl {
+    pub fn new(
+        warehouse: PgPool,
+        books: impl Into<SourcePool>,
+        orders: impl Into<SourcePool>,
+        settings: EtlSettings,
+    ) -> Etl {
         Etl {
             inner: Arc::new(Inner {
                 warehouse,
-                books,
-                orders,
+                books: books.into(),
+                orders: orders.into(),
                 settings,
                 unrecorded: std::sync::Mutex::new(Vec::new()),
             }),
@@ -248,13 +238,25 @@ impl Etl {
             .begin()
             .await
             .context("Failed to begin the warehouse transaction")?;
+        let last = Watermarks::read(&mut tx).await?;
+        progress.stage("choosing the source members");
+        let wait = Duration::from_secs(self.inner.settings.replica_wait_seconds);
+        let place = placement::place(&self.inner.books, &self.inner.orders, &last, wait).await?;
         let from = match mode {
-            Mode::Full => Watermarks::default(),
-            Mode::Incremental => Watermarks::read(&mut tx).await?,
+            Mode::Incremental if place.reread.is_none() => last,
+            _ => Watermarks::default(),
         };
-        let (rows, to) = self.load(&mut tx, &from, progress).await?;
+        let (rows, to, source) = self.load(&mut tx, &from, &place, progress).await?;
         to.write(&mut tx, id).await?;
-        runs::succeed(&mut tx, id, &from, &to, &rows, started.elapsed()).await?;
+        let outcome = runs::Outcome {
+            from: &from,
+            to: &to,
+            rows: &rows,
+            took: started.elapsed(),
+            source: &source,
+            reread: place.reread.as_deref(),
+        };
+        runs::succeed(&mut tx, id, &outcome).await?;
         progress.stage("committing");
         tx.commit()
             .await
@@ -262,19 +264,33 @@ impl Etl {
         Ok(rows)
     }
 
-    /// Extracts from both sources and loads, dimensions first so facts find their keys.
+    /// Extracts from both sources and loads, dimensions first so facts find their keys; returns
+    /// the rows changed, the new watermarks and which members served the run.
     async fn load(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         from: &Watermarks,
+        place: &Placement,
         progress: &dyn Progress,
-    ) -> anyhow::Result<(RowCounts, Watermarks)> {
+    ) -> anyhow::Result<(RowCounts, Watermarks, String)> {
         let timeout = self.inner.settings.statement_timeout_seconds;
         let batch = self.inner.settings.batch_rows.max(1);
         // Orders first: a book an order refers to committed before that order, so the books
-        // snapshot, taken after, always holds it.
-        let mut orders = extract::Source::open(&self.inner.orders, "orders", timeout).await?;
-        let mut books = extract::Source::open(&self.inner.books, "books", timeout).await?;
+        // snapshot, taken after on the same member (or on the primary), always holds it.
+        let mut orders = extract::Source::open(&place.orders.pool, "orders", timeout).await?;
+        let mut books = extract::Source::open(&place.books.pool, "books", timeout).await?;
+        let source = placement::describe(
+            (&place.orders.name, orders.replica()),
+            (&place.books.name, books.replica()),
+        );
+        let orders_position = Position {
+            lsn: orders.lsn().to_owned(),
+            history: place.orders_history,
+        };
+        let books_position = Position {
+            lsn: books.lsn().to_owned(),
+            history: place.books_history,
+        };
         let mut rows = RowCounts::new();
         let since_books = from.since("books");
         let since_orders = from.since("orders");
@@ -288,9 +304,9 @@ impl Etl {
         progress.stage("fact_ratings");
         load::ratings(tx, &mut books, since_books, batch, progress, &mut rows).await?;
         let mut to = Watermarks::default();
-        to.set("books", books.finish().await?);
-        to.set("orders", orders.finish().await?);
-        Ok((rows, to))
+        to.set("books", books.finish().await?, Some(books_position));
+        to.set("orders", orders.finish().await?, Some(orders_position));
+        Ok((rows, to, source))
     }
 
     fn unrecorded(&self) -> std::sync::MutexGuard<'_, Vec<FailedRun>> {

@@ -132,25 +132,36 @@ pub async fn start(
     Ok(())
 }
 
+/// What a successful run did, for its record.
+pub struct Outcome<'a> {
+    pub from: &'a Watermarks,
+    pub to: &'a Watermarks,
+    pub rows: &'a RowCounts,
+    pub took: Duration,
+    /// Which members served it (`etl_runs.source`).
+    pub source: &'a str,
+    /// Why an incremental run read everything, if it did.
+    pub reread: Option<&'a str>,
+}
+
 /// Marks the run succeeded, in the run's own transaction (so it commits with the data).
 pub async fn succeed(
     tx: &mut Transaction<'static, Postgres>,
     id: Uuid,
-    from: &Watermarks,
-    to: &Watermarks,
-    rows: &RowCounts,
-    took: Duration,
+    outcome: &Outcome<'_>,
 ) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE etl_runs SET status = 'succeeded', finished_at = clock_timestamp(), duration_ms = $2,
-                window_from = $3, window_to = $4, rows = $5
+                window_from = $3, window_to = $4, rows = $5, source = $6, reread = $7
          WHERE id = $1",
     )
     .bind(id)
-    .bind(i64::try_from(took.as_millis()).unwrap_or(i64::MAX))
-    .bind((!from.is_empty()).then(|| from.to_json()))
-    .bind(to.to_json())
-    .bind(serde_json::json!(rows))
+    .bind(i64::try_from(outcome.took.as_millis()).unwrap_or(i64::MAX))
+    .bind((!outcome.from.is_empty()).then(|| outcome.from.to_json()))
+    .bind(outcome.to.to_json())
+    .bind(serde_json::json!(outcome.rows))
+    .bind(outcome.source)
+    .bind(outcome.reread)
     .execute(&mut **tx)
     .await
     .context("Failed to record the run's success")?;
@@ -196,12 +207,16 @@ pub struct RunRecord {
     pub window_to: Option<serde_json::Value>,
     pub rows: serde_json::Value,
     pub error: Option<String>,
+    /// Which source members served the run (`replica host:port`, …).
+    pub source: Option<String>,
+    /// Why an incremental run read everything again, if it did.
+    pub reread: Option<String>,
 }
 
 pub async fn find(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<RunRecord>> {
     sqlx::query_as(
         "SELECT id, mode, trigger, status, started_at, finished_at, duration_ms, window_from,
-                window_to, rows, error
+                window_to, rows, error, source, reread
          FROM etl_runs WHERE id = $1",
     )
     .bind(id)

@@ -29,19 +29,45 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-/// The snapshot (`pg_snapshot` text, `xmin:xmax:xip,…`) each source was last read at.
+use super::placement::{History, Position};
+
+/// Per source database: the snapshot (`pg_snapshot` text, `xmin:xmax:xip,…`) it was last read at,
+/// and where (the WAL position and history, see [`super::placement`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Watermarks(BTreeMap<String, String>);
+pub struct Watermarks(BTreeMap<String, Mark>);
+
+/// One source's watermark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub snapshot: String,
+    /// `None` for a watermark written before positions were recorded.
+    pub position: Option<Position>,
+}
 
 impl Watermarks {
     /// The watermarks of the last successful run; empty before the first one.
     pub async fn read(conn: &mut PgConnection) -> anyhow::Result<Watermarks> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT source, snapshot FROM etl_watermarks")
-                .fetch_all(conn)
-                .await
-                .context("Failed to read the watermarks")?;
-        Ok(Watermarks(rows.into_iter().collect()))
+        type Row = (String, String, Option<String>, Option<i32>, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT source, snapshot, lsn::text, timeline, system_identifier FROM etl_watermarks",
+        )
+        .fetch_all(conn)
+        .await
+        .context("Failed to read the watermarks")?;
+        Ok(Watermarks(
+            rows.into_iter()
+                .map(|(source, snapshot, lsn, timeline, system)| {
+                    let position = match (lsn, timeline, system) {
+                        (Some(lsn), Some(timeline), Some(system)) => Some(Position {
+                            lsn,
+                            history: History { system, timeline },
+                        }),
+                        _ => None,
+                    };
+                    (source, Mark { snapshot, position })
+                })
+                .collect(),
+        ))
     }
 
     /// Stores these as the start of the next run, in the run's own transaction.
@@ -50,15 +76,23 @@ impl Watermarks {
         tx: &mut Transaction<'static, Postgres>,
         run_id: Uuid,
     ) -> anyhow::Result<()> {
-        for (source, snapshot) in &self.0 {
+        for (source, mark) in &self.0 {
+            let position = mark.position.as_ref();
             sqlx::query(
-                "INSERT INTO etl_watermarks (source, snapshot, run_id) VALUES ($1, $2, $3)
+                "INSERT INTO etl_watermarks
+                     (source, snapshot, run_id, lsn, timeline, system_identifier)
+                 VALUES ($1, $2, $3, $4::pg_lsn, $5, $6)
                  ON CONFLICT (source) DO UPDATE
-                 SET snapshot = excluded.snapshot, run_id = excluded.run_id, updated_at = now()",
+                 SET snapshot = excluded.snapshot, run_id = excluded.run_id, updated_at = now(),
+                     lsn = excluded.lsn, timeline = excluded.timeline,
+                     system_identifier = excluded.system_identifier",
             )
             .bind(source)
-            .bind(snapshot)
+            .bind(&mark.snapshot)
             .bind(run_id)
+            .bind(position.map(|p| p.lsn.as_str()))
+            .bind(position.map(|p| p.history.timeline))
+            .bind(position.map(|p| p.history.system))
             .execute(&mut **tx)
             .await
             .context("Failed to move the watermark")?;
@@ -66,19 +100,30 @@ impl Watermarks {
         Ok(())
     }
 
-    pub fn set(&mut self, source: &str, snapshot: String) {
-        self.0.insert(source.to_owned(), snapshot);
+    pub fn set(&mut self, source: &str, snapshot: String, position: Option<Position>) {
+        self.0
+            .insert(source.to_owned(), Mark { snapshot, position });
     }
 
     /// The lowest transaction id (64-bit) whose rows the next read of `source` must include; `None`
     /// reads everything (no watermark yet, or a full load).
     pub fn since(&self, source: &str) -> Option<i64> {
-        self.0.get(source).and_then(|s| snapshot_xmin(s))
+        self.0.get(source).and_then(|m| snapshot_xmin(&m.snapshot))
     }
 
-    /// For `etl_runs.window_*`.
+    /// Where `source` was last read, if recorded.
+    pub fn position(&self, source: &str) -> Option<&Position> {
+        self.0.get(source).and_then(|m| m.position.as_ref())
+    }
+
+    /// For `etl_runs.window_*`: the snapshots.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!(self.0)
+        let snapshots: BTreeMap<&str, &str> = self
+            .0
+            .iter()
+            .map(|(source, mark)| (source.as_str(), mark.snapshot.as_str()))
+            .collect();
+        serde_json::json!(snapshots)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,7 +177,7 @@ mod tests {
     fn a_watermark_reads_from_the_oldest_transaction_in_progress() {
         let mut marks = Watermarks::default();
         assert_eq!(marks.since("orders"), None);
-        marks.set("orders", "4294967400:4294967410:4294967400".into());
+        marks.set("orders", "4294967400:4294967410:4294967400".into(), None);
         assert_eq!(marks.since("orders"), Some(4_294_967_400));
         assert_eq!(marks.since("books"), None);
     }

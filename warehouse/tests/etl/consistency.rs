@@ -122,7 +122,7 @@ async fn a_price_change_opens_a_new_book_version_and_sales_keep_the_old_one() {
 /// The warehouse's content without surrogate keys or load times: facts with their book ids, the
 /// current book versions, customers, ratings and the calendar. (Book *history* differs on purpose:
 /// a full load sees only each book's current state; docs/WAREHOUSE.md.)
-async fn snapshot(pool: &PgPool) -> String {
+pub async fn snapshot(pool: &PgPool) -> String {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT 'sale ' || order_id || ' ' || line_no || ' ' || date_key || ' ' || sold_at || ' ' ||
                 customer_id || ' ' || book_id || ' ' || mode || ' ' || quantity || ' ' || price_cents

@@ -91,7 +91,7 @@ async fn a_run_with_the_warehouse_down_is_recorded_once_it_is_back() {
 async fn two_loads_at_once_never_overlap() {
     let h = Harness::start().await;
     // A second process: its own pools, the same warehouse database.
-    let other = Harness::etl_for(&h.pg, &h.warehouse_url).await;
+    let other = Harness::etl_for(h.pg(), &h.warehouse_url).await;
     let book = h.book("Shared", "Author", "g", 100).await;
     let c = h.customer("C").await;
     for round in 0..3 {

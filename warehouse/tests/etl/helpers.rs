@@ -1,20 +1,22 @@
 //! `Harness::start()`: one throw-away PostgreSQL with the books and orders databases (their real
 //! migrations, written by their own roles), the `warehouse_reader` role, and a warehouse database;
 //! an [`Etl`] reading through the reader role; and helpers that write source rows the way the
-//! services do.
+//! services do. `Harness::start_replicated(n, …)`: the sources on a primary with `n` streaming
+//! replicas, the ETL given every member.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use testkit::TestPostgres;
+use testkit::replication::{ReplicaOptions, TestReplicaSet};
 use uuid::Uuid;
 use warehouse::etl::{Etl, EtlSettings, Mode, RunReport, Trigger};
 use warehouse::progress::Quiet;
 
 pub struct Harness {
-    pub pg: TestPostgres,
-    /// The books service's own role.
+    pub servers: Servers,
+    /// The books service's own role (on the primary).
     pub books: PgPool,
-    /// The orders service's own role.
+    /// The orders service's own role (on the primary).
     pub orders: PgPool,
     /// The warehouse role, for inspecting the warehouse.
     pub warehouse: PgPool,
@@ -22,33 +24,129 @@ pub struct Harness {
     pub etl: Etl,
 }
 
+/// The servers a harness runs on.
+pub enum Servers {
+    /// One server holds the sources and the warehouse.
+    One(TestPostgres),
+    /// The sources on a primary with streaming replicas, the warehouse on a server of its own (so a
+    /// test may stop the primary).
+    Replicated {
+        set: Box<TestReplicaSet>,
+        warehouse: TestPostgres,
+    },
+}
+
+impl Servers {
+    /// The server the sources are written on.
+    pub fn primary(&self) -> &TestPostgres {
+        match self {
+            Servers::One(pg) => pg,
+            Servers::Replicated { set, .. } => &set.primary,
+        }
+    }
+
+    fn warehouse(&self) -> &TestPostgres {
+        match self {
+            Servers::One(pg) => pg,
+            Servers::Replicated { warehouse, .. } => warehouse,
+        }
+    }
+}
+
 static BOOKS_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../services/books/migrations");
 static ORDERS_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../services/orders/migrations");
+
+/// Creates the books and orders databases with their migrations and the shipped accounts on `pg`;
+/// returns the services' own pools.
+async fn source_databases(pg: &TestPostgres) -> (PgPool, PgPool) {
+    let books_url = pg.service_database("books").await.expect("books db");
+    let orders_url = pg.service_database("orders").await.expect("orders db");
+    let books = PgPool::connect(&books_url).await.expect("books pool");
+    let orders = PgPool::connect(&orders_url).await.expect("orders pool");
+    BOOKS_MIGRATOR.run(&books).await.expect("books migrations");
+    ORDERS_MIGRATOR
+        .run(&orders)
+        .await
+        .expect("orders migrations");
+    pg.apply_accounts().await.expect("the shipped accounts");
+    (books, orders)
+}
 
 impl Harness {
     pub async fn start() -> Harness {
         platform::metrics::install("warehouse");
         let pg = TestPostgres::start().await.expect("PostgreSQL starts");
-        let books_url = pg.service_database("books").await.expect("books db");
-        let orders_url = pg.service_database("orders").await.expect("orders db");
+        let (books, orders) = source_databases(&pg).await;
         let warehouse_url = pg
             .service_database("warehouse")
             .await
             .expect("warehouse db");
-        let books = PgPool::connect(&books_url).await.expect("books pool");
-        let orders = PgPool::connect(&orders_url).await.expect("orders pool");
-        BOOKS_MIGRATOR.run(&books).await.expect("books migrations");
-        ORDERS_MIGRATOR
-            .run(&orders)
+        let etl = Self::etl_for(&pg, &warehouse_url).await;
+        Self::with(Servers::One(pg), books, orders, warehouse_url, etl).await
+    }
+
+    /// The sources on a primary with `replicas` streaming replicas (named r1, r2, …), the warehouse
+    /// on its own server, and an ETL given every member, as `bookstore up` configures it on the
+    /// Patroni cluster.
+    pub async fn start_replicated(replicas: usize, settings: EtlSettings) -> Harness {
+        let options: Vec<ReplicaOptions> = (1..=replicas)
+            .map(|n| ReplicaOptions::named(&format!("r{n}")))
+            .collect();
+        Self::start_with_replicas(&options, settings).await
+    }
+
+    /// [`Harness::start_replicated`] with each replica's options.
+    pub async fn start_with_replicas(
+        replicas: &[ReplicaOptions],
+        settings: EtlSettings,
+    ) -> Harness {
+        platform::metrics::install("warehouse");
+        let mut set = TestReplicaSet::start(&[])
             .await
-            .expect("orders migrations");
-        pg.apply_accounts().await.expect("the shipped accounts");
+            .expect("the primary starts");
+        let (books, orders) = source_databases(&set.primary).await;
+        for options in replicas {
+            let backup = set.base_backup().await.expect("base backup");
+            let replica = set
+                .start_replica(backup, options)
+                .await
+                .expect("replica starts");
+            set.replicas.push(replica);
+        }
+        for i in 0..replicas.len() {
+            set.wait_caught_up(i).await.expect("replica catches up");
+        }
+        let warehouse_pg = TestPostgres::start().await.expect("warehouse server");
+        let warehouse_url = warehouse_pg
+            .service_database("warehouse")
+            .await
+            .expect("warehouse db");
+        let servers = Servers::Replicated {
+            set: Box::new(set),
+            warehouse: warehouse_pg,
+        };
+        let etl = Self::etl_over(
+            &cluster_reader_url(&servers, "books"),
+            &cluster_reader_url(&servers, "orders"),
+            &warehouse_url,
+            settings,
+        )
+        .await;
+        Self::with(servers, books, orders, warehouse_url, etl).await
+    }
+
+    async fn with(
+        servers: Servers,
+        books: PgPool,
+        orders: PgPool,
+        warehouse_url: String,
+        etl: Etl,
+    ) -> Harness {
         let warehouse = PgPool::connect(&warehouse_url)
             .await
             .expect("warehouse pool");
-        let etl = Self::etl_for(&pg, &warehouse_url).await;
         Harness {
-            pg,
+            servers,
             books,
             orders,
             warehouse,
@@ -57,20 +155,58 @@ impl Harness {
         }
     }
 
+    /// The server the sources are written on.
+    pub fn pg(&self) -> &TestPostgres {
+        self.servers.primary()
+    }
+
+    /// The replica set, for a harness started with [`Harness::start_replicated`].
+    pub fn set(&self) -> &TestReplicaSet {
+        match &self.servers {
+            Servers::Replicated { set, .. } => set,
+            Servers::One(_) => panic!("not a replicated harness"),
+        }
+    }
+
+    pub fn set_mut(&mut self) -> &mut TestReplicaSet {
+        match &mut self.servers {
+            Servers::Replicated { set, .. } => set,
+            Servers::One(_) => panic!("not a replicated harness"),
+        }
+    }
+
     /// Another ETL (another "process": its own pools) over the same or another warehouse database.
     pub async fn etl_for(pg: &TestPostgres, warehouse_url: &str) -> Etl {
+        Self::etl_over(
+            &reader_url(pg, "books"),
+            &reader_url(pg, "orders"),
+            warehouse_url,
+            EtlSettings {
+                batch_rows: 7, // small batches, so the tests cross batch boundaries
+                ..EtlSettings::default()
+            },
+        )
+        .await
+    }
+
+    /// An ETL reading the given source URLs into `warehouse_url`.
+    pub async fn etl_over(
+        books_url: &str,
+        orders_url: &str,
+        warehouse_url: &str,
+        settings: EtlSettings,
+    ) -> Etl {
         let mut config = warehouse::Config::default();
         config.db.url = warehouse_url.to_owned();
         config.db.startup_timeout_seconds = 10;
         config.db.acquire_timeout_ms = 15_000;
-        config.sources.books.url = reader_url(pg, "books");
-        config.sources.orders.url = reader_url(pg, "orders");
+        config.sources.books.url = books_url.to_owned();
+        config.sources.orders.url = orders_url.to_owned();
         config.sources.books.acquire_timeout_ms = 15_000;
         config.sources.orders.acquire_timeout_ms = 15_000;
-        config.etl = EtlSettings {
-            batch_rows: 7, // small batches, so the tests cross batch boundaries
-            ..EtlSettings::default()
-        };
+        config.sources.books.startup_timeout_seconds = 10;
+        config.sources.orders.startup_timeout_seconds = 10;
+        config.etl = settings;
         warehouse::connect(&config)
             .await
             .expect("warehouse connects")
@@ -78,12 +214,18 @@ impl Harness {
 
     /// A second warehouse database on the same server, with its own ETL.
     pub async fn second_warehouse(&self, name: &str) -> (PgPool, Etl) {
+        self.second_warehouse_over(name, self.pg()).await
+    }
+
+    /// A second warehouse database, its ETL reading the sources on `sources`.
+    pub async fn second_warehouse_over(&self, name: &str, sources: &TestPostgres) -> (PgPool, Etl) {
         let url = self
-            .pg
+            .servers
+            .warehouse()
             .service_database(name)
             .await
             .expect("second warehouse");
-        let etl = Self::etl_for(&self.pg, &url).await;
+        let etl = Self::etl_for(sources, &url).await;
         (PgPool::connect(&url).await.expect("pool"), etl)
     }
 
@@ -223,7 +365,7 @@ impl Harness {
     /// Makes `database` unreachable (new connections refused, existing ones ended), or reachable
     /// again: a database that is down, as far as its clients can tell.
     pub async fn set_reachable(&self, database: &str, reachable: bool) {
-        let admin = PgPool::connect(&self.pg.admin_url("postgres"))
+        let admin = PgPool::connect(&self.pg().admin_url("postgres"))
             .await
             .expect("admin");
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -248,4 +390,20 @@ impl Harness {
 
 pub fn reader_url(pg: &TestPostgres, database: &str) -> String {
     pg.role_url("warehouse_reader", database)
+}
+
+/// The reader's multi-host URL listing the primary and every replica.
+pub fn cluster_reader_url(servers: &Servers, database: &str) -> String {
+    let Servers::Replicated { set, .. } = servers else {
+        return reader_url(servers.primary(), database);
+    };
+    let hosts: Vec<String> = std::iter::once(&set.primary)
+        .chain(&set.replicas)
+        .map(|s| format!("127.0.0.1:{}", s.port()))
+        .collect();
+    let password = testkit::postgres::role_password("warehouse_reader");
+    format!(
+        "postgres://warehouse_reader:{password}@{}/{database}",
+        hosts.join(",")
+    )
 }

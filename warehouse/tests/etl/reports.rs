@@ -41,8 +41,8 @@ impl App {
     async fn spawn(h: &Harness) -> App {
         let mut config = warehouse::Config::default();
         config.db.url = h.warehouse_url.clone();
-        config.sources.books.url = reader_url(&h.pg, "books");
-        config.sources.orders.url = reader_url(&h.pg, "orders");
+        config.sources.books.url = reader_url(h.pg(), "books");
+        config.sources.orders.url = reader_url(h.pg(), "orders");
         config.auth = auth();
         // No scheduled run during the test beyond the start-up one (it only ever catches up).
         config.etl.schedule = "0 0 0 1 1 * 2099".into();
