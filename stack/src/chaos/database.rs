@@ -167,9 +167,13 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Fault> {
     }
 }
 
-/// Undoes the fault and waits until the cluster is whole; what happened on the way, for the
-/// report's events.
-pub async fn restore(dir: &Path, fault: Fault, password: &str) -> anyhow::Result<Vec<String>> {
+/// Undoes the fault and waits until the cluster is whole; what happened on the way (and when,
+/// since restoring began), for the report's events.
+pub async fn restore(
+    dir: &Path,
+    fault: Fault,
+    password: &str,
+) -> anyhow::Result<Vec<(Duration, String)>> {
     let info = cluster_info(dir)?;
     let started = Instant::now();
     let mut notes = Vec::new();
@@ -196,27 +200,28 @@ pub async fn restore(dir: &Path, fault: Fault, password: &str) -> anyhow::Result
             }
             for (victim, _) in &killed {
                 wait_rejoined(&info, victim, password).await?;
-                notes.push(format!(
-                    "{} restarted by up, streaming and caught up {} ms after the restore began",
-                    victim.name,
-                    started.elapsed().as_millis()
+                notes.push((
+                    started.elapsed(),
+                    format!(
+                        "{} restarted by up, streaming from the primary and caught up",
+                        victim.name
+                    ),
                 ));
             }
         }
         Fault::KilledPrimary(old) => {
             let new = new_primary(&info, &old, password).await?;
-            notes.push(format!(
-                "{} promoted in place of {} (seen {} ms after the restore began)",
-                new.name,
-                old.name,
-                started.elapsed().as_millis()
+            notes.push((
+                started.elapsed(),
+                format!("{} promoted in place of {}", new.name, old.name),
             ));
             wait_rejoined(&info, &old, password).await?;
-            notes.push(format!(
-                "{} back as a replica (Patroni restarted it, rewound if needed), caught up {} ms \
-                 after the restore began",
-                old.name,
-                started.elapsed().as_millis()
+            notes.push((
+                started.elapsed(),
+                format!(
+                    "{} back as a replica (Patroni restarted it, rewound if needed), caught up",
+                    old.name
+                ),
             ));
         }
         Fault::Partitioned(old, partition) => {
@@ -224,17 +229,14 @@ pub async fn restore(dir: &Path, fault: Fault, password: &str) -> anyhow::Result
             // isolated one demoted. Healing earlier would test nothing.
             let outcome = async {
                 let new = new_primary(&info, &old, password).await?;
-                notes.push(format!(
-                    "{} promoted while {} was cut off ({} ms after the restore began)",
-                    new.name,
-                    old.name,
-                    started.elapsed().as_millis()
+                notes.push((
+                    started.elapsed(),
+                    format!("{} promoted while {} was cut off", new.name, old.name),
                 ));
                 wait_demoted(&old, password).await?;
-                notes.push(format!(
-                    "the isolated {} demoted itself (in recovery) {} ms after the restore began",
-                    old.name,
-                    started.elapsed().as_millis()
+                notes.push((
+                    started.elapsed(),
+                    format!("the isolated {} demoted itself (in recovery)", old.name),
                 ));
                 anyhow::Ok(())
             }
@@ -242,15 +244,11 @@ pub async fn restore(dir: &Path, fault: Fault, password: &str) -> anyhow::Result
             let healed = partition.heal();
             outcome?;
             healed?;
-            notes.push(format!(
-                "partition healed {} ms after the restore began",
-                started.elapsed().as_millis()
-            ));
+            notes.push((started.elapsed(), "partition healed".to_owned()));
             wait_rejoined(&info, &old, password).await?;
-            notes.push(format!(
-                "{} back as a replica, caught up {} ms after the restore began",
-                old.name,
-                started.elapsed().as_millis()
+            notes.push((
+                started.elapsed(),
+                format!("{} back as a replica, caught up", old.name),
             ));
         }
     }

@@ -74,12 +74,13 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Injected> 
     Ok(Injected::Killed(launch))
 }
 
-/// Undoes the fault; notes on how recovery went (database faults report their stages).
+/// Undoes the fault; notes on how recovery went, with when (since undoing began) — database
+/// faults report their stages.
 pub async fn restore(
     dir: &Path,
     injected: Injected,
     password: &str,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<(Duration, String)>> {
     if let Injected::Database(fault) = injected {
         return super::database::restore(dir, fault, password).await;
     }

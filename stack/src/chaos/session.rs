@@ -246,11 +246,10 @@ impl Session {
         };
         match restored {
             Ok(notes) => {
-                // The notes come at the end of restoring; their own text says when.
-                for note in notes {
+                for (after, what) in notes {
                     events.push(Event {
-                        at_ms: at(start),
-                        what: note,
+                        at_ms: (undo_began + after).as_millis() as u64,
+                        what,
                     });
                 }
                 events.push(Event {
