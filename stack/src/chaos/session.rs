@@ -125,15 +125,15 @@ impl Session {
             quiet: self.plan.quiet,
         };
         let password = self.platform.secrets.postgres_superuser.clone();
-        let start = Instant::now();
         let sampler = match (&cluster, scenario.needs_cluster()) {
             (Some(info), true) => {
                 let primary =
                     super::database::primary(info, &password, Duration::from_secs(90)).await?;
-                Some(Sampler::start(info, &primary, &password, start).await?)
+                Some(Sampler::start(info, &primary, &password, Instant::now()).await?)
             }
             _ => None,
         };
+        let start = Instant::now();
         let shop = self.shop.clone();
         let load_settings = settings.clone();
         let load = tokio::spawn(async move { loadgen::runner::run(shop, &load_settings).await });
