@@ -70,6 +70,11 @@ if [[ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 && ! -e /usr/lib/
   apt_install faketime
 fi
 
+# `bookstore chaos partition-primary` cuts a cluster member off by process: a cgroup (v2) and
+# nftables rules matching it (`nft`), and `ss` to destroy the connections made before the cut.
+command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || apt_install nftables
+command -v ss >/dev/null || [[ -x /usr/bin/ss ]] || [[ -x /usr/sbin/ss ]] || apt_install iproute2
+
 if $want_test; then
   command -v npm >/dev/null || apt_install nodejs npm
   if ! command -v newman >/dev/null; then

@@ -182,8 +182,8 @@ impl Databases {
         Ok(check)
     }
 
-    /// Every order answered 201 is committed with its total; every 202 has an order that is no
-    /// longer pending.
+    /// Every order answered 201 — or answered 202 and then seen committed — is committed with its
+    /// total; every other 202 has an order that is no longer pending.
     async fn acknowledged_orders_kept(&self, ledger: &Ledger) -> anyhow::Result<Check> {
         let ids: Vec<String> = ledger.orders.iter().map(|o| o.order_id.clone()).collect();
         let rows: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
@@ -215,6 +215,10 @@ impl Databases {
                         ack.order_id, ack.total_cents
                     ))
                 }
+                // Followed after its 202 and seen aborted: it must not have committed since.
+                Some((status, _)) if ack.status == "aborted" && status != "aborted" => Some(
+                    format!("{}: seen aborted after its 202, now {status}", ack.order_id),
+                ),
                 Some(_) => None,
             })
             .collect();

@@ -8,7 +8,8 @@ use serde::Serialize;
 pub struct AckOrder {
     pub order_id: String,
     pub customer_id: String,
-    /// `committed` (201) or `pending` (202) when it was acknowledged.
+    /// `committed` (201) or `pending` (202) when it was acknowledged; a 202 followed to its order
+    /// afterwards (`Shop::resolve_pending_orders`) becomes `committed` or `aborted`.
     pub status: String,
     pub total_cents: i64,
 }

@@ -392,6 +392,54 @@ impl Shop {
         }
     }
 
+    /// Follows every checkout answered 202 to its order (`GET /api/orders/{id}`, the `Location`
+    /// of the answer) until the order is final, so the ledger knows which acknowledged orders
+    /// committed and with what total. An order the platform no longer knows (404) stays pending in
+    /// the ledger, and the invariant check reports it as an acknowledged order lost. Gives up at
+    /// `deadline`, leaving the rest pending.
+    pub async fn resolve_pending_orders(
+        &self,
+        ledger: &mut Ledger,
+        deadline: tokio::time::Instant,
+    ) {
+        loop {
+            let mut left = 0;
+            for order in ledger.orders.iter_mut().filter(|o| o.status == "pending") {
+                let token = self
+                    .customers
+                    .iter()
+                    .find(|c| c.id == order.customer_id)
+                    .map(Customer::token)
+                    .unwrap_or_else(|| self.admin_token());
+                let answer = self
+                    .http
+                    .get(format!("{}/api/orders/{}", self.gateway, order.order_id))
+                    .bearer_auth(token)
+                    .send()
+                    .await;
+                let body = match answer {
+                    Ok(response) if response.status().is_success() => {
+                        response.json::<Value>().await.ok()
+                    }
+                    _ => None,
+                };
+                match body.as_ref().and_then(|b| b["status"].as_str()) {
+                    Some(status @ ("committed" | "aborted")) => {
+                        order.status = status.to_owned();
+                        if let Some(total) = body.as_ref().and_then(|b| b["total_cents"].as_i64()) {
+                            order.total_cents = total;
+                        }
+                    }
+                    _ => left += 1,
+                }
+            }
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Repeats every top-up whose answer was lost, with its key, until it is answered: a replay
     /// returns the first answer if it was applied, and applies it now if it was not — either way
     /// it is then known. Gives up at `deadline`, leaving the rest unresolved.

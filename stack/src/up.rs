@@ -535,8 +535,12 @@ async fn supervise(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         // `bookstore chaos` asks for what it killed to be started again, as our child.
-        let restarted =
-            crate::chaos::restart::serve(&running.dir, &mut running.children, &mut running.state);
+        let restarted = crate::chaos::restart::serve(
+            &running.dir,
+            &mut running.children,
+            running.cluster.as_mut(),
+            &mut running.state,
+        );
         for name in restarted.await {
             reported.remove(&name);
         }

@@ -24,6 +24,8 @@ pub enum Injected {
         launch: Launch,
         now: ProcessInfo,
     },
+    /// A fault of the PostgreSQL cluster (victims chosen from its topology).
+    Database(super::database::Fault),
 }
 
 /// The victim's current entry (`up` records restarts in `state.json`).
@@ -41,6 +43,11 @@ fn find(dir: &Path, name: &str) -> anyhow::Result<ProcessInfo> {
 }
 
 pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Injected> {
+    if scenario.needs_cluster() {
+        return Ok(Injected::Database(
+            super::database::inject(dir, scenario).await?,
+        ));
+    }
     let Some(victim) = scenario.victim() else {
         return Ok(Injected::None);
     };
@@ -70,9 +77,22 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Injected> 
     Ok(Injected::Killed(launch))
 }
 
-pub async fn restore(dir: &Path, injected: Injected) -> anyhow::Result<()> {
+/// Undoes the fault; notes on how recovery went, with when (since undoing began) — database
+/// faults report their stages.
+pub async fn restore(
+    dir: &Path,
+    injected: Injected,
+    password: &str,
+) -> anyhow::Result<Vec<(Duration, String)>> {
+    if let Injected::Database(fault) = injected {
+        return super::database::restore(dir, fault, password).await;
+    }
+    restore_process(dir, injected).await.map(|()| Vec::new())
+}
+
+async fn restore_process(dir: &Path, injected: Injected) -> anyhow::Result<()> {
     match injected {
-        Injected::None => Ok(()),
+        Injected::None | Injected::Database(_) => Ok(()),
         Injected::Frozen(frozen) => frozen.thaw(),
         Injected::Killed(launch) => launch.respawn(dir, &[]).await.map(drop),
         Injected::Skewed { launch, now } => {

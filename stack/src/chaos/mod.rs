@@ -1,13 +1,16 @@
 //! `bookstore loadgen` and `bookstore chaos`: load on a running platform, and faults injected
 //! under that load with the invariants checked afterwards (see docs/LOADGEN.md).
 
+pub mod database;
 pub mod fault;
 pub mod launch;
+pub mod partition;
 pub mod report;
 pub mod restart;
 pub mod scenario;
 pub mod session;
 pub mod settle;
+pub mod split_brain;
 pub mod target;
 
 use std::path::PathBuf;
@@ -120,11 +123,9 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
     let mut broken = false;
     let mut checks = Vec::new();
     if let (Some(db), Some(baseline)) = (&databases, &baseline) {
-        shop.resolve_top_ups(
-            &mut ledger,
-            tokio::time::Instant::now() + Duration::from_secs(60),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        shop.resolve_top_ups(&mut ledger, deadline).await;
+        shop.resolve_pending_orders(&mut ledger, deadline).await;
         checks = db.check(baseline, &ledger, Duration::from_secs(60)).await?;
         broken = checks.iter().any(|c| !c.ok);
     }

@@ -67,6 +67,7 @@ pub async fn wait_restarted(
 pub async fn serve(
     dir: &Path,
     children: &mut [(ProcessInfo, Supervised)],
+    mut cluster: Option<&mut crate::cluster::Cluster>,
     state: &mut State,
 ) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(requests_dir(dir)) else {
@@ -83,7 +84,14 @@ pub async fn serve(
             .and_then(|bytes| serde_json::from_slice::<Request>(&bytes).ok());
         let _ = std::fs::remove_file(&path);
         let Some(request) = request else { continue };
-        match start_in_place(children, request).await {
+        let member = cluster
+            .as_deref_mut()
+            .and_then(|c| c.members.iter_mut().find(|m| m.spec.name == request.name));
+        let started = match member {
+            Some(member) => respawn_member(member, &request).await,
+            None => start_in_place(children, request).await,
+        };
+        match started {
             Ok(info) => {
                 for p in state.processes.iter_mut().filter(|p| p.name == info.name) {
                     *p = info.clone();
@@ -104,6 +112,32 @@ pub async fn serve(
         }
     }
     restarted
+}
+
+/// A Patroni member whose node was killed: its Patroni is started again on its `patroni.yml`, as
+/// the database user, as `up`'s own (it rewinds and rejoins as a replica if another member leads).
+async fn respawn_member(
+    member: &mut crate::cluster::Member,
+    request: &Request,
+) -> anyhow::Result<ProcessInfo> {
+    member.process.stop(Duration::from_secs(15)).await?;
+    crate::cluster::stop_leftover_postmaster(&member.spec.data_dir()).await;
+    let started = crate::cluster::patroni::respawn(
+        &request.program,
+        &member.spec.name,
+        &member.spec.dir,
+        crate::os_user::server_user()?,
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let info = ProcessInfo {
+        name: member.spec.name.clone(),
+        kind: "postgres".into(),
+        pid: started.pid().unwrap_or(0),
+        url: format!("postgres://127.0.0.1:{}", member.spec.pg_port),
+        log: member.spec.log_file(),
+    };
+    member.process = started;
+    Ok(info)
 }
 
 async fn start_in_place(
@@ -171,7 +205,7 @@ mod tests {
                 env: vec![],
             },
         )?;
-        let restarted = serve(dir.path(), &mut children, &mut state).await;
+        let restarted = serve(dir.path(), &mut children, None, &mut state).await;
         assert_eq!(restarted, ["sleeper"]);
         let new_pid = children[0].1.pid().unwrap_or(0);
         assert!(new_pid != 0 && new_pid != info.pid);
@@ -180,7 +214,7 @@ mod tests {
             Some(new_pid)
         );
         assert!(
-            serve(dir.path(), &mut children, &mut state)
+            serve(dir.path(), &mut children, None, &mut state)
                 .await
                 .is_empty(),
             "a request is served once"

@@ -74,16 +74,24 @@ impl Scenario {
             Scenario::SkewClockBehind => {
                 "restart orders-2 with its clock 1 hour behind (faketime): it must keep itself out of rotation"
             }
-            Scenario::KillPrimary => "SIGKILL the database primary, bring it back as a replica",
-            Scenario::KillReplica => "SIGKILL one database replica",
-            Scenario::KillTwoReplicas => "SIGKILL two database replicas at once",
+            Scenario::KillPrimary => {
+                "SIGKILL the database primary's PostgreSQL: Patroni fails over, brings it back as a replica"
+            }
+            Scenario::KillReplica => {
+                "SIGKILL the synchronous standby's node (Patroni + PostgreSQL), restart its Patroni later"
+            }
+            Scenario::KillTwoReplicas => {
+                "SIGKILL two replica nodes at once (the synchronous standby and another), restart them later"
+            }
             Scenario::PartitionPrimary => {
-                "cut the primary off from etcd and the other nodes: no split brain, no lost write"
+                "cut the primary off from etcd and the other members (cgroup + nftables): no split brain, no lost write"
             }
         }
     }
 
-    /// The scenarios that need a replicated PostgreSQL (`up` runs one plain server today).
+    /// The scenarios that need the replicated PostgreSQL (`up --pg-nodes 5`, the default; not
+    /// available with `--pg-nodes 1`). Their victims are picked from the cluster's topology at
+    /// fault time, not named here.
     pub fn needs_cluster(self) -> bool {
         matches!(
             self,
@@ -117,7 +125,14 @@ impl Scenario {
             Scenario::SkewClockAhead | Scenario::SkewClockBehind => 0.99,
             Scenario::KillInstance | Scenario::KillRedis | Scenario::KillCoordinator => 0.97,
             Scenario::FreezeInstance => 0.95,
-            _ => 0.95,
+            // Replicas: reads move to the others, commits wait at most a Patroni loop for a new
+            // synchronous standby. Nothing should fail but what was in flight on the killed node.
+            Scenario::KillReplica | Scenario::KillTwoReplicas => 0.97,
+            // A write gap of about 4 s (postmaster dead → sync standby promoted) while reads go on.
+            Scenario::KillPrimary => 0.70,
+            // No primary for ttl + a loop (≈ 22 s): every write in that window fails by design,
+            // and clients that reached the isolated primary wait for their timeout (docs/LOADGEN.md).
+            Scenario::PartitionPrimary => 0.60,
         }
     }
 
@@ -134,6 +149,18 @@ impl Scenario {
             .unwrap_or_default(),
             _ => Mix::default(),
         }
+    }
+
+    /// The shortest load run that shows the scenario whole: a database fault lasts until Patroni
+    /// has reacted (a failover takes up to ttl + loop_wait = 22 s), and the load should outlast
+    /// the recovery. `Plan::short`'s few seconds are raised to this.
+    pub fn min_duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            Scenario::KillReplica | Scenario::KillTwoReplicas => 12,
+            Scenario::KillPrimary => 16,
+            Scenario::PartitionPrimary => 40,
+            _ => 0,
+        })
     }
 
     /// The clock offset of the skew scenarios, in libfaketime's syntax.
@@ -198,10 +225,15 @@ mod tests {
     }
 
     #[test]
-    fn every_runnable_fault_names_its_victim_and_cluster_ones_wait_for_the_cluster() {
+    fn process_faults_name_their_victim_and_database_ones_find_it_in_the_topology() {
         for scenario in Scenario::ALL {
-            let runnable_fault = scenario != Scenario::Steady && !scenario.needs_cluster();
-            assert_eq!(scenario.victim().is_some(), runnable_fault, "{scenario}");
+            let process_fault = scenario != Scenario::Steady && !scenario.needs_cluster();
+            assert_eq!(scenario.victim().is_some(), process_fault, "{scenario}");
+            assert_eq!(
+                scenario.min_duration() > std::time::Duration::ZERO,
+                scenario.needs_cluster(),
+                "{scenario}"
+            );
         }
     }
 }

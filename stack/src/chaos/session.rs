@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::fault;
 use super::report::{ChaosReport, Event, judge};
 use super::scenario::Scenario;
+use super::split_brain::Sampler;
 use super::target::Platform;
 
 /// How hard and how long each scenario runs.
@@ -48,12 +49,13 @@ impl Plan {
 
     /// The fault comes after a quarter of the run and is undone at 60 %, so the report shows the
     /// platform before, during and after.
-    fn fault_at(&self) -> Duration {
-        self.duration.mul_f64(0.25)
+    fn fault_at(duration: Duration) -> Duration {
+        duration.mul_f64(0.25)
     }
 
-    fn restore_at(&self) -> Duration {
-        self.duration.mul_f64(0.6)
+    /// When undoing starts; a database fault may hold longer, until the cluster has reacted.
+    fn restore_at(duration: Duration) -> Duration {
+        duration.mul_f64(0.6)
     }
 }
 
@@ -103,24 +105,39 @@ impl Session {
         let started_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        if scenario.needs_cluster() {
+        let cluster = self.platform.state.cluster.clone();
+        if scenario.needs_cluster() && cluster.is_none() {
             return Ok(not_available(scenario, started_unix_ms));
         }
         let settled =
             super::settle::wait_until_whole(&self.platform.dir, Duration::from_secs(45)).await?;
+        if cluster.is_some() {
+            // The primary may have moved in an earlier scenario.
+            self.databases = self.platform.databases().await?;
+        }
         let baseline = self.databases.baseline().await?;
+        let duration = self.plan.duration.max(scenario.min_duration());
         let settings = Settings {
             mix: scenario.mix(),
             load: Load::Rate(self.plan.rate),
-            duration: self.plan.duration,
+            duration,
             max_in_flight: 1024,
             quiet: self.plan.quiet,
         };
+        let password = self.platform.secrets.postgres_superuser.clone();
+        let sampler = match (&cluster, scenario.needs_cluster()) {
+            (Some(info), true) => {
+                let primary =
+                    super::database::primary(info, &password, Duration::from_secs(90)).await?;
+                Some(Sampler::start(info, &primary, &password, Instant::now()).await?)
+            }
+            _ => None,
+        };
+        let start = Instant::now();
         let shop = self.shop.clone();
         let load_settings = settings.clone();
         let load = tokio::spawn(async move { loadgen::runner::run(shop, &load_settings).await });
-        let start = Instant::now();
-        let (mut events, trouble, window) = self.fault_and_undo(scenario, start).await;
+        let (mut events, trouble, window) = self.fault_and_undo(scenario, start, duration).await;
         events.insert(
             0,
             Event {
@@ -137,13 +154,27 @@ impl Session {
             },
         );
         let run = load.await?;
+        let rounds = match sampler {
+            Some(sampler) => Some(sampler.finish().await),
+            None => None,
+        };
         self.ledger.merge(run.ledger.clone());
         let deadline = tokio::time::Instant::now() + self.plan.patience;
         self.shop.resolve_top_ups(&mut self.ledger, deadline).await;
-        let invariants = self
+        self.shop
+            .resolve_pending_orders(&mut self.ledger, deadline)
+            .await;
+        if cluster.is_some() {
+            // Checked on the primary of now: what was acknowledged before a failover must be there.
+            self.databases = self.platform.databases().await?;
+        }
+        let mut invariants = self
             .databases
             .check(&baseline, &self.ledger, self.plan.patience)
             .await?;
+        if let Some(rounds) = rounds {
+            invariants.push(super::split_brain::verdict(&rounds));
+        }
         self.last_baseline = Some(baseline);
         let availability = run.stats.availability();
         let during = window.and_then(|(from, to)| run.stats.availability_between(from, to));
@@ -174,14 +205,15 @@ impl Session {
         &mut self,
         scenario: Scenario,
         start: Instant,
+        duration: Duration,
     ) -> (Vec<Event>, Vec<String>, Option<(Duration, Duration)>) {
         let mut events = Vec::new();
         let mut trouble = Vec::new();
-        if scenario.victim().is_none() {
+        if scenario.victim().is_none() && !scenario.needs_cluster() {
             return (events, trouble, None);
         }
         let at = |start: Instant| start.elapsed().as_millis() as u64;
-        tokio::time::sleep_until(start + self.plan.fault_at()).await;
+        tokio::time::sleep_until(start + Plan::fault_at(duration)).await;
         let fault_began = start.elapsed();
         events.push(Event {
             at_ms: at(start),
@@ -198,17 +230,33 @@ impl Session {
             at_ms: at(start),
             what: "fault in place".into(),
         });
-        tokio::time::sleep_until(start + self.plan.restore_at()).await;
-        let fault_ended = start.elapsed();
+        tokio::time::sleep_until(start + Plan::restore_at(duration)).await;
+        let undo_began = start.elapsed();
         events.push(Event {
             at_ms: at(start),
             what: "undoing the fault".into(),
         });
-        match fault::restore(&self.platform.dir, injected).await {
-            Ok(()) => events.push(Event {
-                at_ms: at(start),
-                what: "restored: the victim is ready again".into(),
-            }),
+        let password = self.platform.secrets.postgres_superuser.clone();
+        let restored = fault::restore(&self.platform.dir, injected, &password).await;
+        // A database fault lasts until the cluster has recovered from it (restoring waits for that).
+        let fault_ended = if scenario.needs_cluster() {
+            start.elapsed()
+        } else {
+            undo_began
+        };
+        match restored {
+            Ok(notes) => {
+                for (after, what) in notes {
+                    events.push(Event {
+                        at_ms: (undo_began + after).as_millis() as u64,
+                        what,
+                    });
+                }
+                events.push(Event {
+                    at_ms: at(start),
+                    what: "restored: the victim is ready again".into(),
+                });
+            }
             Err(e) => trouble.push(format!("the fault could not be undone: {e:#}")),
         }
         (events, trouble, Some((fault_began, fault_ended)))
@@ -231,7 +279,9 @@ fn not_available(scenario: Scenario, started_unix_ms: u128) -> ChaosReport {
         description: scenario.description().to_owned(),
         verdict: "not available".into(),
         reasons: vec![
-            "needs the replicated PostgreSQL cluster; `bookstore up` runs one plain server".into(),
+            "needs the replicated PostgreSQL cluster; this platform runs one plain server \
+             (`bookstore up --pg-nodes 1`): start it with the default 5 members"
+                .into(),
         ],
         started_unix_ms,
         events: Vec::new(),

@@ -47,8 +47,9 @@ impl Platform {
         }
     }
 
-    /// The superuser URL of `database` on the platform's PostgreSQL. With one server that is
-    /// `postgres_port`; a replicated cluster will answer with its current primary here.
+    /// The superuser URL of `database` on the platform's PostgreSQL server (`postgres_port`: with
+    /// a cluster, its first member, which need not be the primary; [`databases`](Self::databases)
+    /// follows the primary).
     pub fn admin_url(&self, database: &str) -> String {
         format!(
             "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
@@ -56,15 +57,31 @@ impl Platform {
         )
     }
 
+    /// Connections to the databases on the *current* primary: with a Patroni cluster, the member
+    /// Patroni names leader whose PostgreSQL accepts writes (waiting up to 90 s for one, as after
+    /// a failover); with one server, that server.
     pub async fn databases(&self) -> anyhow::Result<loadgen::Databases> {
+        let port = match &self.state.cluster {
+            Some(cluster) => {
+                super::database::primary(
+                    cluster,
+                    &self.secrets.postgres_superuser,
+                    Duration::from_secs(90),
+                )
+                .await?
+                .pg_port
+            }
+            None => self.state.postgres_port,
+        };
         Ok(loadgen::Databases {
-            books: self.pool("books").await?,
-            orders: self.pool("orders").await?,
+            books: self.pool(port, "books").await?,
+            orders: self.pool(port, "orders").await?,
         })
     }
 
-    async fn pool(&self, database: &str) -> anyhow::Result<sqlx::PgPool> {
-        let options = PgConnectOptions::from_str(&self.admin_url(database))?;
+    async fn pool(&self, port: u16, database: &str) -> anyhow::Result<sqlx::PgPool> {
+        let url = super::database::member_url(&self.secrets.postgres_superuser, port, database);
+        let options = PgConnectOptions::from_str(&url)?;
         PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
