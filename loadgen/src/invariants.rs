@@ -183,7 +183,9 @@ impl Databases {
     }
 
     /// Every order answered 201 — or answered 202 and then seen committed — is committed with its
-    /// total; every other 202 has an order that is no longer pending.
+    /// total; every other 202 has an order that is no longer pending. One seen aborted after its
+    /// 202 has no order row when it was a 2PC checkout (the `place` branch rolled back), so its
+    /// checkout record is what must say `aborted` — and no committed order may exist for it.
     async fn acknowledged_orders_kept(&self, ledger: &Ledger) -> anyhow::Result<Check> {
         let ids: Vec<String> = ledger.orders.iter().map(|o| o.order_id.clone()).collect();
         let rows: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
@@ -195,31 +197,41 @@ impl Databases {
         .into_iter()
         .map(|(id, status, total)| (id, (status, total)))
         .collect();
+        let checkouts: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
+            "SELECT order_id::text, status FROM checkouts WHERE order_id::text = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.orders)
+        .await?
+        .into_iter()
+        .collect();
         let offenders: Vec<String> = ledger
             .orders
             .iter()
-            .filter_map(|ack| match rows.get(&ack.order_id) {
-                None => Some(format!(
-                    "{}: acknowledged {} but missing",
-                    ack.order_id, ack.status
-                )),
-                Some((status, _)) if status == "pending" => {
-                    Some(format!("{}: still pending", ack.order_id))
+            .filter_map(|ack| {
+                let row = rows.get(&ack.order_id);
+                if ack.status == "aborted" {
+                    return aborted_offence(&ack.order_id, row, checkouts.get(&ack.order_id));
                 }
-                Some((status, total))
-                    if ack.status == "committed"
-                        && (status != "committed" || *total != ack.total_cents) =>
-                {
-                    Some(format!(
-                        "{}: acknowledged committed ({}), now {status} ({total})",
-                        ack.order_id, ack.total_cents
-                    ))
+                match row {
+                    None => Some(format!(
+                        "{}: acknowledged {} but missing",
+                        ack.order_id, ack.status
+                    )),
+                    Some((status, _)) if status == "pending" => {
+                        Some(format!("{}: still pending", ack.order_id))
+                    }
+                    Some((status, total))
+                        if ack.status == "committed"
+                            && (status != "committed" || *total != ack.total_cents) =>
+                    {
+                        Some(format!(
+                            "{}: acknowledged committed ({}), now {status} ({total})",
+                            ack.order_id, ack.total_cents
+                        ))
+                    }
+                    Some(_) => None,
                 }
-                // Followed after its 202 and seen aborted: it must not have committed since.
-                Some((status, _)) if ack.status == "aborted" && status != "aborted" => Some(
-                    format!("{}: seen aborted after its 202, now {status}", ack.order_id),
-                ),
-                Some(_) => None,
             })
             .collect();
         let mut check = verdict("no acknowledged order lost", offenders, "orders off");
@@ -318,6 +330,27 @@ impl Databases {
     }
 }
 
+/// What is wrong with an order seen aborted after its 202, if anything: its checkout must say
+/// `aborted` (its order row, a saga's, may exist but never as committed).
+fn aborted_offence(
+    order_id: &str,
+    row: Option<&(String, i64)>,
+    checkout: Option<&String>,
+) -> Option<String> {
+    match (checkout.map(String::as_str), row) {
+        (_, Some((status, _))) if status == "committed" || status == "pending" => Some(format!(
+            "{order_id}: seen aborted after its 202, now {status}"
+        )),
+        (Some("aborted"), _) => None,
+        (Some(other), _) => Some(format!(
+            "{order_id}: seen aborted after its 202, its checkout is {other}"
+        )),
+        (None, _) => Some(format!(
+            "{order_id}: seen aborted after its 202, but no checkout records it"
+        )),
+    }
+}
+
 /// Passes when `offenders` is empty; otherwise names how many and the first few.
 fn verdict(name: &'static str, offenders: Vec<String>, what: &str) -> Check {
     let shown: Vec<&str> = offenders.iter().take(3).map(String::as_str).collect();
@@ -334,7 +367,7 @@ fn verdict(name: &'static str, offenders: Vec<String>, what: &str) -> Check {
 
 #[cfg(test)]
 mod tests {
-    use super::verdict;
+    use super::{aborted_offence, verdict};
 
     #[test]
     fn a_verdict_fails_on_any_offender_and_shows_the_first_few() {
@@ -342,5 +375,22 @@ mod tests {
         let failed = verdict("x", (0..5).map(|n| format!("b{n}")).collect(), "books off");
         assert!(!failed.ok);
         assert_eq!(failed.detail, "5 books off: b0; b1; b2");
+    }
+
+    #[test]
+    fn an_order_seen_aborted_is_judged_by_its_checkout_and_never_committed() {
+        let aborted = "aborted".to_owned();
+        let committed = ("committed".to_owned(), 100);
+        let compensated = ("compensated".to_owned(), 100);
+        // 2PC: no order row, the checkout says aborted.
+        assert_eq!(aborted_offence("o", None, Some(&aborted)), None);
+        // Saga: the order row was compensated.
+        assert_eq!(
+            aborted_offence("o", Some(&compensated), Some(&aborted)),
+            None
+        );
+        assert!(aborted_offence("o", Some(&committed), Some(&aborted)).is_some());
+        assert!(aborted_offence("o", None, Some(&"pending".to_owned())).is_some());
+        assert!(aborted_offence("o", None, None).is_some());
     }
 }
