@@ -80,6 +80,12 @@ pub async fn run(shop: Arc<Shop>, settings: &Settings) -> Run {
         failed: AtomicU64::new(0),
     });
     let progress = Progress::new(settings.duration, settings.quiet);
+    if let Err(e) = shop.renew_tokens_older_than(TOKEN_RENEWAL).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot renew the load generator's tokens"
+        );
+    }
     let renewal = tokio::spawn(renew_tokens(shop.clone()));
     let start = Instant::now();
     match settings.load {
@@ -100,10 +106,14 @@ pub async fn run(shop: Arc<Shop>, settings: &Settings) -> Run {
     }
 }
 
-/// Tokens live 15 minutes; a run longer than that must not turn into a run of 401s.
+/// Tokens live 15 minutes: renewed before a run when older than this, and every this often during
+/// one, so they are never older than twice this.
+const TOKEN_RENEWAL: Duration = Duration::from_secs(300);
+
+/// A run (or a chaos session of many runs) longer than a token lives must not turn into 401s.
 async fn renew_tokens(shop: Arc<Shop>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::time::sleep(TOKEN_RENEWAL).await;
         if let Err(e) = shop.renew_tokens().await {
             tracing::warn!(
                 error = format!("{e:#}"),

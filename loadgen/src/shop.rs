@@ -53,6 +53,8 @@ pub struct Shop {
     gateway: String,
     target: Target,
     admin: RwLock<String>,
+    /// When every token was last obtained (at most: the sign-ups come after it).
+    tokens_since: RwLock<std::time::Instant>,
     pub customers: Vec<Customer>,
     pub books: Vec<Book>,
 }
@@ -80,6 +82,7 @@ impl Shop {
             gateway,
             target: target.clone(),
             admin: RwLock::new(admin),
+            tokens_since: RwLock::new(std::time::Instant::now()),
             customers: Vec::new(),
             books: Vec::new(),
         };
@@ -125,6 +128,7 @@ impl Shop {
 
     /// Logs everyone in again: tokens live 15 minutes, longer runs call this every few minutes.
     pub async fn renew_tokens(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let admin = log_in(
             &self.http,
             &self.gateway,
@@ -141,7 +145,24 @@ impl Shop {
                 *slot = token;
             }
         }
+        if let Ok(mut since) = self.tokens_since.write() {
+            *since = started;
+        }
         Ok(())
+    }
+
+    /// [`Shop::renew_tokens`] when the tokens are older than `age`: a chaos session reuses one shop
+    /// for many short runs, longer together than a token lives.
+    pub async fn renew_tokens_older_than(&self, age: Duration) -> anyhow::Result<()> {
+        let since = self
+            .tokens_since
+            .read()
+            .map(|t| *t)
+            .unwrap_or_else(|_| std::time::Instant::now());
+        if since.elapsed() < age {
+            return Ok(());
+        }
+        self.renew_tokens().await
     }
 
     async fn sign_up(&self, email: String) -> anyhow::Result<Customer> {
