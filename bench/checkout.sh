@@ -12,7 +12,9 @@
 #
 # Knobs (environment): CLIENTS=32 (pgbench clients and wrk connections), DURATION=15 (seconds),
 # WARMUP=3, CUSTOMERS=64, BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built),
-# BENCH_OUT=<dir> (raw outputs and results.json; a new /tmp directory by default).
+# STATEMENT_CHECKOUTS=20 (sequential checkouts with every statement logged, after the measured runs,
+# counted by bench/statements.py; 0 skips them), BENCH_OUT=<dir> (raw outputs and results.json; a
+# new /tmp directory by default).
 # During each measured run, bench/cpu_split.py records the CPU time of every component (PostgreSQL,
 # each service, the gateway, wrk) and prints it per committed checkout.
 set -euo pipefail
@@ -23,6 +25,7 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 CUSTOMERS=${CUSTOMERS:-64}
 BOOKS=${BOOKS:-200}
+STATEMENT_CHECKOUTS=${STATEMENT_CHECKOUTS:-20}
 source bench/lib.sh
 
 for tool in wrk curl python3 pgbench; do
@@ -90,6 +93,33 @@ for db in sorted(after):
     print("%-12s %9.2f %9.2f %9.2f" % (db, d[0] / n, d[1] / n, d[2] / n))
 PY
 done
+
+# Statements per checkout: a few sequential 2PC checkouts with every statement logged (after the
+# measured runs, which logging would slow down), counted by bench/statements.py.
+if (( STATEMENT_CHECKOUTS > 0 )); then
+  say "statements: $STATEMENT_CHECKOUTS sequential 2PC checkouts with log_statement = all"
+  psql_super() {
+    PGPASSWORD=$(json_field "$work/platform/secrets.json" postgres_superuser) psql -h 127.0.0.1 \
+      -p "$(json_field "$work/platform/state.json" postgres_port)" -U postgres -d postgres -Atqc "$1"
+  }
+  pglog="$work/platform/logs/postgres.log"
+  psql_super "ALTER SYSTEM SET log_statement = 'all'"
+  psql_super "ALTER SYSTEM SET log_line_prefix = '%m [%p] %d: '"
+  psql_super "SELECT pg_reload_conf()" && sleep 1
+  start=$(stat -c %s "$pglog")
+  token=$(head -n1 "$work/tokens.txt")
+  for i in $(seq 1 "$STATEMENT_CHECKOUTS"); do
+    book=$(sed -n "${i}p" "$work/books.txt")
+    curl -sf -o /dev/null -X POST "$gateway/api/checkout" -H "authorization: Bearer $token" \
+      -H 'content-type: application/json' -H "idempotency-key: statements-$i-$(date +%s%N)" \
+      -d "{\"mode\":\"2pc\",\"items\":[{\"book_id\":\"$book\",\"quantity\":1}]}"
+  done
+  sleep 1
+  psql_super "ALTER SYSTEM RESET log_statement"
+  psql_super "ALTER SYSTEM RESET log_line_prefix"
+  psql_super "SELECT pg_reload_conf()"
+  python3 bench/statements.py "$pglog" "$start" "$STATEMENT_CHECKOUTS" | tee "$out/statements.txt"
+fi
 
 python3 - "$out" <<'PY'
 import json, re, sys

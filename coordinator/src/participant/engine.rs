@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 
 use super::branch::Branch;
 use super::error::{ParticipantError, sqlstate};
@@ -30,6 +30,10 @@ const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 const DUPLICATE_OBJECT: &str = "42710";
 /// SQLSTATE `in_failed_sql_transaction`: a statement after an error the branch did not return.
 const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+/// SQLSTATE `invalid_text_representation`: what [`LocalTx::finish`]'s check raises on purpose.
+const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+/// The text [`LocalTx::finish`]'s check casts to `int` when the transaction is not the barrier's.
+const CHANGED_MARK: &str = "participant transaction changed";
 /// How long commit retries while another session is finishing the same prepared transaction.
 const FINISH_RETRY_BUDGET: Duration = Duration::from_secs(1);
 
@@ -304,11 +308,15 @@ impl Participant {
         payload: &serde_json::Value,
     ) -> Result<TwoPcState, ParticipantError> {
         let branch = self.branch(gid)?;
-        let mut tx = LocalTx::begin(&self.pool).await?;
-        match tx
-            .claim(gid, BarrierOp::Prepare, BarrierKind::Applied)
-            .await?
-        {
+        let (mut tx, claim) = LocalTx::open(
+            &self.pool,
+            gid,
+            BarrierOp::Prepare,
+            BarrierKind::Applied,
+            true,
+        )
+        .await?;
+        match claim {
             Claim::Inserted => {}
             Claim::Exists(kind) => {
                 tx.rollback().await;
@@ -332,22 +340,11 @@ impl Participant {
                 };
             }
         }
-        tx.raise_lock_timeout().await?;
         if let Err(err) = branch.apply(tx.conn(), payload).await {
             tx.rollback().await;
             return Err(err.into());
         }
-        tx.check_still_open().await?;
-        if let Err(err) = tx.prepare(gid).await {
-            if sqlstate(&err).as_deref() == Some(DUPLICATE_OBJECT) {
-                return Err(ParticipantError::Internal(format!(
-                    "gid {gid} is already used by a prepared transaction of another database on \
-                     this PostgreSQL server (gids are unique per server): branch names must \
-                     differ between participants that share a server"
-                )));
-            }
-            return Err(err.into());
-        }
+        tx.finish(Some(gid)).await?;
         self.faults.after(Op::Prepare).await;
         Ok(TwoPcState::Prepared)
     }
@@ -398,13 +395,17 @@ impl Participant {
             };
             // Block the gid, also after a successful rollback: a duplicate prepare delivered late
             // must not prepare it again.
-            let mut tx = LocalTx::begin(&self.pool).await?;
-            let claim = tx
-                .claim(gid, BarrierOp::Prepare, BarrierKind::Blocked)
-                .await?;
+            let (tx, claim) = LocalTx::open(
+                &self.pool,
+                gid,
+                BarrierOp::Prepare,
+                BarrierKind::Blocked,
+                false,
+            )
+            .await?;
             let blocked_now = match claim {
                 Claim::Inserted => {
-                    tx.commit().await?;
+                    tx.finish(None).await?;
                     true
                 }
                 Claim::Exists(Some(BarrierKind::Blocked)) => {
@@ -439,11 +440,15 @@ impl Participant {
         payload: &serde_json::Value,
     ) -> Result<SagaState, ParticipantError> {
         let branch = self.branch(gid)?;
-        let mut tx = LocalTx::begin(&self.pool).await?;
-        match tx
-            .claim(gid, BarrierOp::Action, BarrierKind::Applied)
-            .await?
-        {
+        let (mut tx, claim) = LocalTx::open(
+            &self.pool,
+            gid,
+            BarrierOp::Action,
+            BarrierKind::Applied,
+            true,
+        )
+        .await?;
+        match claim {
             Claim::Inserted => {}
             Claim::Exists(Some(BarrierKind::Applied)) => {
                 tx.rollback().await;
@@ -460,13 +465,11 @@ impl Participant {
                 return Err(busy_in_flight());
             }
         }
-        tx.raise_lock_timeout().await?;
         if let Err(err) = branch.apply(tx.conn(), payload).await {
             tx.rollback().await;
             return Err(err.into());
         }
-        tx.check_still_open().await?;
-        tx.commit().await?;
+        tx.finish(None).await?;
         self.faults.after(Op::Action).await;
         Ok(SagaState::Done)
     }
@@ -477,11 +480,15 @@ impl Participant {
         payload: &serde_json::Value,
     ) -> Result<SagaState, ParticipantError> {
         let branch = self.branch(gid)?;
-        let mut tx = LocalTx::begin(&self.pool).await?;
-        match tx
-            .claim(gid, BarrierOp::Compensate, BarrierKind::Applied)
-            .await?
-        {
+        let (mut tx, claim) = LocalTx::open(
+            &self.pool,
+            gid,
+            BarrierOp::Compensate,
+            BarrierKind::Applied,
+            false,
+        )
+        .await?;
+        match claim {
             Claim::Inserted => {}
             Claim::Exists(Some(_)) => {
                 tx.rollback().await;
@@ -505,7 +512,6 @@ impl Participant {
                     tx.rollback().await;
                     return Err(err.into());
                 }
-                tx.check_still_open().await?;
             }
             // Only a compensation writes `blocked`, and it would have left its own row: nothing to
             // undo either way.
@@ -517,7 +523,7 @@ impl Participant {
                 ));
             }
         }
-        tx.commit().await?;
+        tx.finish(None).await?;
         self.faults.after(Op::Compensate).await;
         Ok(SagaState::Compensated)
     }
@@ -590,28 +596,66 @@ struct LocalTx {
 }
 
 impl LocalTx {
-    /// `BEGIN` at READ COMMITTED (the barrier relies on it: after `ON CONFLICT DO NOTHING` the next
-    /// statement must see the row that conflicted), with the barrier's lock timeout.
-    async fn begin(pool: &PgPool) -> Result<LocalTx, sqlx::Error> {
+    /// Opens the transaction and claims `gid` in the barrier, in **one round trip**: a single
+    /// simple-protocol batch `BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL …` (the barrier's lock
+    /// timeout, the statement and idle timeouts) `; INSERT INTO tx_barrier … ON CONFLICT DO NOTHING
+    /// RETURNING pg_current_xact_id()` and, with `then_work`, `; SET LOCAL lock_timeout` raised to
+    /// the business work's ([`WORK_LOCK_TIMEOUT`]). The gid is spliced into the text like it is
+    /// into `PREPARE TRANSACTION` (a [`Gid`] holds only `[a-z0-9_:-]`); op and kind are constants.
+    ///
+    /// READ COMMITTED is what the barrier relies on: after `ON CONFLICT DO NOTHING` the *next*
+    /// statement must see the row that conflicted ([`LocalTx::existing`], the rare path). A lock
+    /// timeout on the insert stops the batch there (the later `SET` never runs) and is
+    /// [`Claim::Locked`]; the transaction is then failed and the caller rolls it back.
+    async fn open(
+        pool: &PgPool,
+        gid: &Gid,
+        op: BarrierOp,
+        kind: BarrierKind,
+        then_work: bool,
+    ) -> Result<(LocalTx, Claim), sqlx::Error> {
         let conn = pool.acquire().await?;
         let mut tx = LocalTx {
             conn,
             open: true,
             xid: None,
         };
-        let begin = format!(
+        let raise = if then_work {
+            format!(
+                "; SET LOCAL lock_timeout = '{}ms'",
+                WORK_LOCK_TIMEOUT.as_millis()
+            )
+        } else {
+            String::new()
+        };
+        let batch = format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; \
              SET LOCAL lock_timeout = '{}ms'; \
              SET LOCAL statement_timeout = '{}ms'; \
-             SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+             SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
+             INSERT INTO tx_barrier (gid, op, kind) VALUES ('{gid}', '{}', '{}') \
+             ON CONFLICT (gid, op) DO NOTHING RETURNING pg_current_xact_id()::text{raise}",
             BARRIER_LOCK_TIMEOUT.as_millis(),
             STATEMENT_TIMEOUT.as_millis(),
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+            op.as_str(),
+            kind.as_str(),
         );
-        sqlx::raw_sql(AssertSqlSafe(begin))
-            .execute(&mut *tx.conn)
-            .await?;
-        Ok(tx)
+        let rows = sqlx::raw_sql(AssertSqlSafe(batch))
+            .fetch_all(&mut *tx.conn)
+            .await;
+        let claim = match rows {
+            Ok(rows) => match rows.first() {
+                Some(row) => {
+                    tx.xid = Some(row.try_get::<String, _>(0)?);
+                    Claim::Inserted
+                }
+                None => tx.existing(gid, op).await?,
+            },
+            Err(err) if sqlstate(&err).as_deref() == Some(LOCK_NOT_AVAILABLE) => Claim::Locked,
+            Err(err) => return Err(err),
+        };
+        Ok((tx, claim))
     }
 
     fn conn(&mut self) -> &mut PgConnection {
@@ -639,20 +683,23 @@ impl LocalTx {
                 self.xid = Some(xid);
                 Ok(Claim::Inserted)
             }
-            Ok(None) => {
-                let existing: Option<String> =
-                    sqlx::query_scalar("SELECT kind FROM tx_barrier WHERE gid = $1 AND op = $2")
-                        .bind(gid.as_str())
-                        .bind(op.as_str())
-                        .fetch_optional(&mut *self.conn)
-                        .await?;
-                Ok(Claim::Exists(
-                    existing.as_deref().and_then(BarrierKind::parse),
-                ))
-            }
+            Ok(None) => self.existing(gid, op).await,
             Err(err) if sqlstate(&err).as_deref() == Some(LOCK_NOT_AVAILABLE) => Ok(Claim::Locked),
             Err(err) => Err(err),
         }
+    }
+
+    /// The committed barrier row that an insert of `(gid, op)` just conflicted with.
+    async fn existing(&mut self, gid: &Gid, op: BarrierOp) -> Result<Claim, sqlx::Error> {
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT kind FROM tx_barrier WHERE gid = $1 AND op = $2")
+                .bind(gid.as_str())
+                .bind(op.as_str())
+                .fetch_optional(&mut *self.conn)
+                .await?;
+        Ok(Claim::Exists(
+            existing.as_deref().and_then(BarrierKind::parse),
+        ))
     }
 
     /// From the barrier's lock timeout to the business work's.
@@ -667,48 +714,61 @@ impl LocalTx {
             .map(|_| ())
     }
 
-    /// Checks, after the branch's work, that the transaction is still the one that claimed the
-    /// barrier and is not failed: PostgreSQL would silently turn the `COMMIT` or
-    /// `PREPARE TRANSACTION` of a failed transaction into a rollback, and we would answer success.
-    async fn check_still_open(&mut self) -> Result<(), ParticipantError> {
-        let current: Option<String> =
-            match sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
-                .fetch_one(&mut *self.conn)
-                .await
-            {
-                Ok(current) => current,
-                Err(err) if sqlstate(&err).as_deref() == Some(IN_FAILED_SQL_TRANSACTION) => {
-                    return Err(ParticipantError::Internal(
-                        "the branch returned success after a failed statement; nothing is kept"
-                            .into(),
-                    ));
-                }
-                Err(err) => return Err(err.into()),
-            };
-        if current.is_none() || current != self.xid {
-            return Err(ParticipantError::Internal(
-                "the branch ended the participant's transaction itself (it must not begin, commit \
-                 or roll back)"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn commit(mut self) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
-        self.open = false;
-        Ok(())
-    }
-
-    /// `PREPARE TRANSACTION '<gid>'`: the transaction leaves this session (which is idle and
-    /// reusable again) and survives crashes until `COMMIT PREPARED` / `ROLLBACK PREPARED`.
-    async fn prepare(mut self, gid: &Gid) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql(AssertSqlSafe(format!("PREPARE TRANSACTION '{gid}'")))
+    /// Ends a transaction whose barrier claim and work are done — `PREPARE TRANSACTION '<gid>'`
+    /// (`Some(gid)`) or `COMMIT` — in one round trip together with the check that it is still the
+    /// transaction that claimed the barrier and is not failed. PostgreSQL would silently turn the
+    /// `COMMIT` or `PREPARE TRANSACTION` of a failed transaction into a rollback and we would
+    /// answer success, and a branch that ended the transaction itself would have us prepare or
+    /// commit another one. The check is a `SELECT` in front of the verb in the same batch: it fails
+    /// in a failed transaction, and fails on purpose (a cast of [`CHANGED_MARK`] to `int`) when the
+    /// current transaction id is not the barrier insert's; either error stops the batch before the
+    /// verb runs, and the transaction is rolled back (the connection is closed on drop).
+    async fn finish(mut self, prepare: Option<&Gid>) -> Result<(), ParticipantError> {
+        let xid = self
+            .xid
+            .as_deref()
+            .filter(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                ParticipantError::Internal("the barrier claim left no transaction id".into())
+            })?;
+        let verb = match prepare {
+            Some(gid) => format!("PREPARE TRANSACTION '{gid}'"),
+            None => "COMMIT".to_owned(),
+        };
+        let batch = format!(
+            "SELECT (CASE WHEN pg_current_xact_id_if_assigned()::text = '{xid}' \
+             THEN '1' ELSE '{CHANGED_MARK}' END)::int; {verb}"
+        );
+        match sqlx::raw_sql(AssertSqlSafe(batch))
             .execute(&mut *self.conn)
-            .await?;
-        self.open = false;
-        Ok(())
+            .await
+        {
+            Ok(_) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(err) => match sqlstate(&err).as_deref() {
+                Some(IN_FAILED_SQL_TRANSACTION) => Err(ParticipantError::Internal(
+                    "the branch returned success after a failed statement; nothing is kept".into(),
+                )),
+                Some(INVALID_TEXT_REPRESENTATION) if err.to_string().contains(CHANGED_MARK) => {
+                    Err(ParticipantError::Internal(
+                        "the branch ended the participant's transaction itself (it must not \
+                         begin, commit or roll back)"
+                            .into(),
+                    ))
+                }
+                Some(DUPLICATE_OBJECT) if prepare.is_some() => {
+                    Err(ParticipantError::Internal(format!(
+                        "gid {} is already used by a prepared transaction of another database \
+                         on this PostgreSQL server (gids are unique per server): branch names \
+                         must differ between participants that share a server",
+                        prepare.map(Gid::as_str).unwrap_or_default()
+                    )))
+                }
+                _ => Err(err.into()),
+            },
+        }
     }
 
     /// Rolls back; if even that fails, the connection is closed on drop (which rolls back too).

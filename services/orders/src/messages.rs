@@ -38,7 +38,7 @@ impl Kind {
     }
 
     /// The notification's wording; `detail` is why an order was aborted, when known.
-    fn text(self, amount_cents: Option<i64>, detail: Option<&str>) -> String {
+    pub(crate) fn text(self, amount_cents: Option<i64>, detail: Option<&str>) -> String {
         let amount = amount_cents.map_or_else(String::new, |c| format!(" ({c} cents)"));
         match self {
             Kind::OrderPlaced => format!("Your order was placed{amount}."),
@@ -80,6 +80,42 @@ pub async fn record(conn: &mut PgConnection, event: &Event<'_>) -> Result<(), sq
     .bind(event.order_id)
     .bind(event.amount_cents)
     .bind(event.kind.text(event.amount_cents, event.detail))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes several messages in the caller's transaction in one statement; like [`record`] for each.
+pub async fn record_all(conn: &mut PgConnection, events: &[Event<'_>]) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut customers = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut sources = Vec::with_capacity(events.len());
+    let mut orders = Vec::with_capacity(events.len());
+    let mut amounts = Vec::with_capacity(events.len());
+    let mut texts = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(Uuid::now_v7());
+        customers.push(event.customer_id);
+        kinds.push(event.kind.as_str());
+        sources.push(event.source_id);
+        orders.push(event.order_id);
+        amounts.push(event.amount_cents);
+        texts.push(event.kind.text(event.amount_cents, event.detail));
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, customer_id, kind, source_id, order_id, amount_cents, text)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                              $6::bigint[], $7::text[])
+         ON CONFLICT (source_id, kind) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&kinds)
+    .bind(&sources)
+    .bind(&orders)
+    .bind(&amounts)
+    .bind(&texts)
     .execute(&mut *conn)
     .await?;
     Ok(())

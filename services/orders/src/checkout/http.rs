@@ -105,6 +105,12 @@ async fn checkout(
     } else {
         run(&state, row, &placement).await?
     };
+    // This request recorded the checkout and ran it: a committed one is answered from its record
+    // (what the order was placed with), not by reading the order back — the order is that record's
+    // placement, stamped with the record's time (see `place::insert_order`).
+    if row.status == "committed" {
+        return Ok(created_answer(&row, committed_order(&row)));
+    }
     answer(&state, &row).await
 }
 
@@ -170,7 +176,7 @@ async fn run(
         }
         Err(PeerError::Ambiguous { reason, .. }) => {
             tracing::warn!(checkout = %row.id, %reason, "checkout outcome unknown for now");
-            Ok(ledger::update(&state.pool, row.id, "pending", None, None).await?)
+            Ok(ledger::update(&state.pool, &row, "pending", None, None).await?)
         }
         Ok((status, body)) => record(state, &row, status, &body).await,
     }
@@ -197,14 +203,7 @@ async fn record(
         }
         _ => ("pending", None),
     };
-    Ok(ledger::update(
-        &state.pool,
-        row.id,
-        summary,
-        protocol_state,
-        problem.as_ref(),
-    )
-    .await?)
+    Ok(ledger::update(&state.pool, row, summary, protocol_state, problem.as_ref()).await?)
 }
 
 /// A checkout that is not final yet asks the coordinator how it went.
@@ -227,7 +226,7 @@ async fn refresh(state: &AppState, row: CheckoutRow) -> Result<CheckoutRow, ApiE
         }
         Ok((StatusCode::NOT_FOUND, _)) if never_submitted(&row) => {
             let problem = aborted_problem(&row, "the checkout never reached the coordinator");
-            Ok(ledger::update(&state.pool, row.id, "aborted", None, Some(&problem)).await?)
+            Ok(ledger::update(&state.pool, &row, "aborted", None, Some(&problem)).await?)
         }
         Ok((status, body)) if status.is_success() => record(state, &row, status, &body).await,
         _ => Ok(row),
@@ -313,11 +312,31 @@ async fn answer(state: &AppState, row: &CheckoutRow) -> Result<Response, ApiErro
         _ => StatusCode::ACCEPTED,
     };
     let order = order_of(state, row).await?;
-    let mut response = (status, Json(order)).into_response();
+    Ok(with_location((status, Json(order)).into_response(), row))
+}
+
+/// 201 with the committed order.
+fn created_answer(row: &CheckoutRow, order: Order) -> Response {
+    with_location((StatusCode::CREATED, Json(order)).into_response(), row)
+}
+
+/// The order's URL, which follows the checkout whatever its state.
+fn with_location(mut response: Response, row: &CheckoutRow) -> Response {
     if let Ok(value) = HeaderValue::from_str(&format!("/api/orders/{}", row.order_id)) {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    Ok(response)
+    response
+}
+
+/// The order a committed checkout placed, as `GET /api/orders/{id}` shows it, made from the
+/// checkout's record: the `place` branch inserts exactly the record's lines and total, as
+/// `committed`, stamped created and updated at the record's `created_at`; nothing changes a
+/// committed order afterwards (a compensation only follows a saga that did not complete).
+fn committed_order(row: &CheckoutRow) -> Order {
+    Order {
+        updated_at: row.created_at,
+        ..order_from_record(row, OrderStatus::Committed, None)
+    }
 }
 
 /// The committed order, or one made from the checkout record (pending or aborted).
@@ -337,12 +356,17 @@ async fn order_of(state: &AppState, row: &CheckoutRow) -> Result<Order, ApiError
         }
         _ => (OrderStatus::Pending, None),
     };
+    Ok(order_from_record(row, status, reason))
+}
+
+/// The order as the checkout record describes it.
+fn order_from_record(row: &CheckoutRow, status: OrderStatus, reason: Option<String>) -> Order {
     let lines: Vec<OrderLine> = row
         .lines
         .as_ref()
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_default();
-    Ok(Order {
+    Order {
         id: row.order_id,
         customer_id: row.customer_id,
         mode: OrderMode::parse(&row.mode).unwrap_or(OrderMode::TwoPhaseCommit),
@@ -352,7 +376,7 @@ async fn order_of(state: &AppState, row: &CheckoutRow) -> Result<Order, ApiError
         reason,
         created_at: row.created_at,
         updated_at: row.updated_at,
-    })
+    }
 }
 
 /// The current prices of the basket's books, from books.

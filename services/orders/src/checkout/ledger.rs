@@ -58,6 +58,8 @@ pub struct NewCheckout<'a> {
 
 /// Records a new checkout (`started`, or `aborted` with its problem) in one statement, or returns
 /// the one this customer already started with this key. `Ok((row, true))` when this call created it.
+/// A `started` one is that one statement alone (no transaction block around it); one refused from
+/// the start also writes the customer's message, in the same transaction.
 pub async fn start(
     pool: &PgPool,
     new: &NewCheckout<'_>,
@@ -67,8 +69,7 @@ pub async fn start(
     } else {
         "started"
     };
-    let mut tx = pool.begin().await?;
-    let inserted: Option<CheckoutRow> = sqlx::query_as(concat!(
+    let insert = sqlx::query_as(concat!(
         "INSERT INTO checkouts (id, customer_id, idempotency_key, request_hash, mode, order_id,
                                 total_cents, lines, status, problem)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -85,15 +86,21 @@ pub async fn start(
     .bind(new.total_cents)
     .bind(new.lines)
     .bind(status)
-    .bind(new.problem)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = inserted {
-        record_outcome(&mut tx, &row).await?;
+    .bind(new.problem);
+    let inserted: Option<CheckoutRow> = if new.problem.is_none() {
+        insert.fetch_optional(pool).await?
+    } else {
+        let mut tx = pool.begin().await?;
+        let inserted: Option<CheckoutRow> = insert.fetch_optional(&mut *tx).await?;
+        if let Some(row) = &inserted {
+            record_outcome(&mut tx, row).await?;
+        }
         tx.commit().await?;
+        inserted
+    };
+    if let Some(row) = inserted {
         return Ok((row, true));
     }
-    tx.rollback().await?;
     let existing = find(pool, new.customer_id, new.key).await?.ok_or_else(|| {
         sqlx::Error::Protocol("a checkout vanished while its key was being taken".into())
     })?;
@@ -129,18 +136,25 @@ pub async fn by_order(pool: &PgPool, order_id: Uuid) -> Result<Option<CheckoutRo
     .await
 }
 
-/// Moves a checkout on, writing the customer's message when it becomes final. A final status is never changed again (the guard), so a slow writer with an
-/// older view cannot undo a newer one; the row as stored afterwards is returned.
+/// Moves checkout `row` on, writing the customer's message when it becomes final — one statement,
+/// so one round trip and no transaction block. A final status is never changed again (the guard),
+/// so a slow writer with an older view cannot undo a newer one; the row as stored afterwards is
+/// returned. The message is written only when this call made the checkout final (when the guard
+/// kept an already-final row, whoever made it final wrote it, in its own statement); a repeat would
+/// change nothing anyway (one message per order and kind).
 pub async fn update(
     pool: &PgPool,
-    id: Uuid,
+    row: &CheckoutRow,
     status: &str,
     protocol_state: Option<&str>,
     problem: Option<&Value>,
 ) -> Result<CheckoutRow, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // One statement: the updated row, or — when the guard kept it — the row as it is.
-    let row: CheckoutRow = sqlx::query_as(concat!(
+    let message = outcome_message(row, status, problem);
+    let (kind, text) = message
+        .as_ref()
+        .map(|(kind, text)| (Some(*kind), Some(text.as_str())))
+        .unwrap_or_default();
+    sqlx::query_as(concat!(
         "WITH u AS (
              UPDATE checkouts
              SET status = $2, protocol_state = coalesce($3, protocol_state), problem = $4
@@ -148,6 +162,12 @@ pub async fn update(
              RETURNING ",
         columns!(),
         "
+         ),
+         m AS (
+             INSERT INTO messages (id, customer_id, kind, source_id, order_id, amount_cents, text)
+             SELECT $5, u.customer_id, $6, u.order_id, u.order_id, u.total_cents, $7
+             FROM u WHERE $6::text IS NOT NULL
+             ON CONFLICT (source_id, kind) DO NOTHING
          )
          SELECT ",
         columns!(),
@@ -157,15 +177,32 @@ pub async fn update(
         columns!(),
         " FROM checkouts WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM u)"
     ))
-    .bind(id)
+    .bind(row.id)
     .bind(status)
     .bind(protocol_state)
     .bind(problem)
-    .fetch_one(&mut *tx)
-    .await?;
-    record_outcome(&mut tx, &row).await?;
-    tx.commit().await?;
-    Ok(row)
+    .bind(Uuid::now_v7())
+    .bind(kind)
+    .bind(text)
+    .fetch_one(pool)
+    .await
+}
+
+/// The kind and text of the message a checkout gets when it becomes `status` (none unless final).
+fn outcome_message(
+    row: &CheckoutRow,
+    status: &str,
+    problem: Option<&Value>,
+) -> Option<(&'static str, String)> {
+    let kind = match status {
+        "committed" => Kind::OrderCommitted,
+        "aborted" => Kind::OrderAborted,
+        _ => return None,
+    };
+    let detail = problem
+        .and_then(|p| p.get("detail"))
+        .and_then(Value::as_str);
+    Some((kind.as_str(), kind.text(row.total_cents, detail)))
 }
 
 /// The customer's message for a final checkout, in the transaction that records the outcome (a

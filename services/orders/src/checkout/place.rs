@@ -73,9 +73,11 @@ impl Branch for PlaceOrder {
             let placement = Placement::parse(payload)?;
             debit(conn, placement.customer_id, placement.total_cents).await?;
             insert_order(conn, &placement).await?;
-            let placed = order_event(&placement, Kind::OrderPlaced);
-            messages::record(conn, &placed).await?;
-            messages::record(conn, &order_event(&placement, Kind::CreditDebited)).await?;
+            let events = [
+                order_event(&placement, Kind::OrderPlaced),
+                order_event(&placement, Kind::CreditDebited),
+            ];
+            messages::record_all(conn, &events).await?;
             Ok(())
         })
     }
@@ -116,8 +118,24 @@ impl Branch for PlaceOrder {
     }
 }
 
-/// Takes `total` from the customer's credit under a row lock, or refuses with what is missing.
+/// Takes `total` from the customer's credit, or refuses with what is missing. One statement in the
+/// common case: the `UPDATE` locks the row and, at READ COMMITTED, re-checks its guard on the
+/// newest version, so two debits of one customer queue and neither can overdraw. When the guard
+/// keeps the row, the customer is locked and read to say why (or, if a top-up landed in between,
+/// debited after all).
 async fn debit(conn: &mut PgConnection, customer_id: Uuid, total: i64) -> Result<(), BranchError> {
+    let debited: Option<i64> = sqlx::query_scalar(
+        "UPDATE customers SET credit_cents = credit_cents - $2
+         WHERE id = $1 AND credit_cents >= $2
+         RETURNING credit_cents",
+    )
+    .bind(customer_id)
+    .bind(total)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if debited.is_some() {
+        return Ok(());
+    }
     let balance: Option<i64> =
         sqlx::query_scalar("SELECT credit_cents FROM customers WHERE id = $1 FOR UPDATE")
             .bind(customer_id)
@@ -150,30 +168,36 @@ async fn debit(conn: &mut PgConnection, customer_id: Uuid, total: i64) -> Result
     Ok(())
 }
 
+/// Inserts the order and its lines in one statement. The order is stamped with the time its
+/// checkout was recorded (`checkouts.created_at`, `now()` for an order no checkout announced), as
+/// created and as last updated: the pending order shown before the commit already carries that
+/// time, and the checkout's answer can be made from its record without reading the order back
+/// (`super::http`).
 async fn insert_order(conn: &mut PgConnection, placement: &Placement) -> Result<(), BranchError> {
-    sqlx::query(
-        "INSERT INTO orders (id, customer_id, mode, status, total_cents)
-         VALUES ($1, $2, $3, 'committed', $4)",
-    )
-    .bind(placement.order_id)
-    .bind(placement.customer_id)
-    .bind(placement.mode.as_str())
-    .bind(placement.total_cents)
-    .execute(&mut *conn)
-    .await?;
     let (books, rest): (Vec<Uuid>, Vec<(i32, i64)>) = placement
         .lines
         .iter()
         .map(|l| (l.book_id, (l.quantity, l.price_cents)))
         .unzip();
     let (quantities, prices): (Vec<i32>, Vec<i64>) = rest.into_iter().unzip();
+    // The lines' foreign key is checked at the end of the statement, after the order's insert.
     sqlx::query(
-        "INSERT INTO order_lines (order_id, line_no, book_id, quantity, price_cents)
+        "WITH stamp AS (
+             SELECT coalesce((SELECT created_at FROM checkouts WHERE order_id = $1), now()) AS at
+         ),
+         o AS (
+             INSERT INTO orders (id, customer_id, mode, status, total_cents, created_at, updated_at)
+             SELECT $1, $2, $3, 'committed', $4, stamp.at, stamp.at FROM stamp
+         )
+         INSERT INTO order_lines (order_id, line_no, book_id, quantity, price_cents)
          SELECT $1, l.line_no::int, l.book_id, l.quantity, l.price_cents
-         FROM unnest($2::uuid[], $3::int[], $4::bigint[])
+         FROM unnest($5::uuid[], $6::int[], $7::bigint[])
               WITH ORDINALITY AS l(book_id, quantity, price_cents, line_no)",
     )
     .bind(placement.order_id)
+    .bind(placement.customer_id)
+    .bind(placement.mode.as_str())
+    .bind(placement.total_cents)
     .bind(&books)
     .bind(&quantities)
     .bind(&prices)

@@ -82,14 +82,14 @@ async fn every_order_and_credit_change_writes_one_message_newest_first() {
     let committed = new_checkout(&customer, "committed-key", None);
     let (row, _) = ledger::start(&app.db, &committed).await.expect("started");
     for _ in 0..2 {
-        ledger::update(&app.db, row.id, "committed", Some("committed"), None)
+        ledger::update(&app.db, &row, "committed", Some("committed"), None)
             .await
             .expect("committed");
     }
     let problem = json!({"status": 422, "detail": "no book has the id 42"});
     let refused = new_checkout(&customer, "refused-key", Some(&problem));
     let (row, _) = ledger::start(&app.db, &refused).await.expect("refused");
-    ledger::update(&app.db, row.id, "aborted", None, Some(&problem))
+    ledger::update(&app.db, &row, "aborted", None, Some(&problem))
         .await
         .expect("aborted again");
 
