@@ -71,11 +71,11 @@ python3 bench/seed.py "$gateway" "$work/platform/secrets.json" "$BOOKS" "$CUSTOM
 for mode in 2pc saga; do
   say "$mode: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
   wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/checkout.lua "$gateway" -- "$work/tokens.txt" "$work/books.txt" "$mode" >/dev/null
-  python3 bench/cpu_split.py snapshot "$work/cpu-before.json"
+  python3 bench/cpu_split.py snapshot "$work/cpu-before.json" "$up_pid" "$work"
   pg_stat >"$work/pg-before.txt"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/checkout.lua "$gateway" -- \
     "$work/tokens.txt" "$work/books.txt" "$mode" | tee "$out/wrk-$mode.txt"
-  python3 bench/cpu_split.py snapshot "$work/cpu-after.json"
+  python3 bench/cpu_split.py snapshot "$work/cpu-after.json" "$up_pid" "$work"
   pg_stat >"$work/pg-after.txt"
   committed=$(sed -n 's/.*201=\([0-9]*\).*/\1/p' "$out/wrk-$mode.txt")
   say "$mode: CPU per component during the run (ms/unit: per committed checkout)"
@@ -102,11 +102,13 @@ if (( STATEMENT_CHECKOUTS > 0 )); then
     PGPASSWORD=$(json_field "$work/platform/secrets.json" postgres_superuser) psql -h 127.0.0.1 \
       -p "$(json_field "$work/platform/state.json" postgres_port)" -U postgres -d postgres -Atqc "$1"
   }
-  pglog="$work/platform/logs/postgres.log"
+  # The single server's log, or each Patroni member's (its postmaster writes there).
+  mapfile -t pglogs < <(find "$work/platform" -name postgres.log -o -name patroni.log)
   psql_super "ALTER SYSTEM SET log_statement = 'all'"
   psql_super "ALTER SYSTEM SET log_line_prefix = '%m [%p] %d: '"
   psql_super "SELECT pg_reload_conf()" && sleep 1
-  start=$(stat -c %s "$pglog")
+  offsets=()
+  for log in "${pglogs[@]}"; do offsets+=("$log:$(stat -c %s "$log")"); done
   token=$(head -n1 "$work/tokens.txt")
   for i in $(seq 1 "$STATEMENT_CHECKOUTS"); do
     book=$(sed -n "${i}p" "$work/books.txt")
@@ -118,7 +120,7 @@ if (( STATEMENT_CHECKOUTS > 0 )); then
   psql_super "ALTER SYSTEM RESET log_statement"
   psql_super "ALTER SYSTEM RESET log_line_prefix"
   psql_super "SELECT pg_reload_conf()"
-  python3 bench/statements.py "$pglog" "$start" "$STATEMENT_CHECKOUTS" | tee "$out/statements.txt"
+  python3 bench/statements.py "$STATEMENT_CHECKOUTS" "${offsets[@]}" | tee "$out/statements.txt"
 fi
 
 python3 - "$out" <<'PY'

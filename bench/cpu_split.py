@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """CPU time per platform component between two snapshots, from /proc (Linux).
 
-    cpu_split.py snapshot FILE            # write the CPU ticks of every process, by component
+    cpu_split.py snapshot FILE [ROOT...]  # write the CPU ticks of every process, by component
+                                          # (with ROOTs — pids, or directories — only descendants
+                                          # of those pids or of a process working in those
+                                          # directories, e.g. a postmaster in its data directory:
+                                          # another platform on the same machine is not counted)
     cpu_split.py diff BEFORE AFTER COUNT  # CPU seconds per component, and milliseconds per unit of COUNT
 
 A component is `postgres` (the server and every backend), `redis`, `wrk`, or a bookstore process's
@@ -34,11 +38,37 @@ def component(pid):
     return None
 
 
-def snapshot():
+def parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        return "0"
+
+
+def cwd(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def descends(pid, roots):
+    pids = {r for r in roots if r.isdigit()}
+    dirs = [os.path.realpath(r) + "/" for r in roots if not r.isdigit()]
+    seen = 0
+    while pid not in ("0", "1") and seen < 64:
+        if pid in pids or (dirs and any((cwd(pid) + "/").startswith(d) for d in dirs)):
+            return True
+        pid, seen = parent(pid), seen + 1
+    return False
+
+
+def snapshot(roots=()):
     ticks = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         name = component(pid)
-        if name is None:
+        if name is None or (roots and not descends(pid, set(roots))):
             continue
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -67,7 +97,7 @@ def diff(before, after, count):
 
 if __name__ == "__main__":
     if sys.argv[1] == "snapshot":
-        json.dump(snapshot(), open(sys.argv[2], "w"))
+        json.dump(snapshot(sys.argv[3:]), open(sys.argv[2], "w"))
     elif sys.argv[1] == "diff":
         result = diff(json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), int(sys.argv[4]))
         if len(sys.argv) > 5:
