@@ -585,9 +585,10 @@ async fn finish_prepared(pool: &PgPool, verb: &'static str, gid: &Gid) -> Result
 
 /// A transaction block on a pooled connection, opened with a plain `BEGIN` because it may end in
 /// `PREPARE TRANSACTION`, which sqlx's `Transaction` does not know (it would send a stray `ROLLBACK`
-/// afterwards). Ends with [`LocalTx::commit`], [`LocalTx::prepare`] or [`LocalTx::rollback`]; if it
-/// is dropped open (an error, a cancelled request), the connection is closed instead of going back
-/// to the pool, so PostgreSQL rolls it back and no pooled connection is ever left in a transaction.
+/// afterwards). Opened by [`LocalTx::open`], which also claims the barrier; ends with
+/// [`LocalTx::finish`] (`PREPARE TRANSACTION` or `COMMIT`) or [`LocalTx::rollback`]. If it is
+/// dropped open (an error, a cancelled request), the connection is closed instead of going back to
+/// the pool, so PostgreSQL rolls it back and no pooled connection is ever left in a transaction.
 struct LocalTx {
     conn: PoolConnection<Postgres>,
     open: bool,
