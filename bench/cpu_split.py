@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """CPU time per platform component between two snapshots, from /proc (Linux).
 
-    cpu_split.py snapshot FILE            # write the CPU ticks of every process, by component
+    cpu_split.py snapshot FILE [WITHIN]   # write the CPU ticks of every process, by component
     cpu_split.py diff BEFORE AFTER COUNT  # CPU seconds per component, and milliseconds per unit of COUNT
 
 A component is `postgres` (the server and every backend), `redis`, `wrk`, or a bookstore process's
 role (its first argument: gateway, books, orders, coordinator, registry, up). Processes that exited
-between the snapshots are missed; everything measured here is long-lived.
+between the snapshots are missed; everything measured here is long-lived. With WITHIN (a path, e.g.
+the platform's directory), only processes whose command line or an ancestor's contains it count:
+`bookstore up --dir WITHIN` and its children, each PostgreSQL postmaster started with `-D WITHIN/…`
+and its backends, wrk given files under WITHIN — not another platform's or benchmark's processes
+running on the same machine.
 """
 import json
 import os
@@ -34,11 +38,33 @@ def component(pid):
     return None
 
 
-def snapshot():
+def cmdline_and_parent(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = f.read().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        return "", "0"
+    return cmdline, ppid
+
+
+def inside(pid, within):
+    """Whether pid or one of its ancestors has `within` in its command line."""
+    for _ in range(64):
+        if pid in ("0", "1"):
+            return False
+        cmdline, pid = cmdline_and_parent(pid)
+        if within in cmdline:
+            return True
+    return False
+
+
+def snapshot(within=None):
     ticks = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         name = component(pid)
-        if name is None:
+        if name is None or (within and not inside(pid, within)):
             continue
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -67,7 +93,7 @@ def diff(before, after, count):
 
 if __name__ == "__main__":
     if sys.argv[1] == "snapshot":
-        json.dump(snapshot(), open(sys.argv[2], "w"))
+        json.dump(snapshot(sys.argv[3] if len(sys.argv) > 3 else None), open(sys.argv[2], "w"))
     elif sys.argv[1] == "diff":
         result = diff(json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), int(sys.argv[4]))
         if len(sys.argv) > 5:
