@@ -13,7 +13,9 @@
 #
 # Knobs (environment): CLIENTS=32 (wrk connections), DURATION=15 (seconds), WARMUP=3, CUSTOMERS=64,
 # BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>. Each measured
-# run also prints the CPU time of every component per successful request (bench/cpu_split.py).
+# run also prints the CPU time of every component per successful request (bench/cpu_split.py), and
+# write-behind also from the start of its run until the persisters have emptied the stream (the
+# warm-up's ratings are persisted before the run starts), per accepted rating.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,10 +60,12 @@ load() {
   local name=$1 what=$2 dir=$3
   say "$name: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
   wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" >/dev/null
-  python3 bench/cpu_split.py snapshot "$work/cpu-before.json"
+  # The warm-up's ratings persisted first, so the measured CPU is the measured ratings'.
+  [[ $name == behind ]] && wait_drained "$dir"
+  python3 bench/cpu_split.py snapshot "$work/cpu-before.json" "$up_pid" "$work"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/ratings.lua "$gateway" -- \
     "$dir/tokens.txt" "$dir/books.txt" "$what" | tee "$out/wrk-$name.txt"
-  python3 bench/cpu_split.py snapshot "$work/cpu-after.json"
+  python3 bench/cpu_split.py snapshot "$work/cpu-after.json" "$up_pid" "$work"
   local ok
   ok=$(sed -n 's/.*\(20[012]\)=\([0-9]*\).*/\2/p' "$out/wrk-$name.txt")
   say "$name: CPU per component during the run (ms/unit: per successful request)"
@@ -76,18 +80,29 @@ stream_port() {
 stream_pending() {
   redis-cli -p "$(stream_port "$1")" -n 1 XLEN books:ratings
 }
+# wait_drained <dir>: until the persisters have emptied the stream (at most 120 s).
+wait_drained() {
+  for _ in $(seq 1 1200); do
+    [[ $(stream_pending "$1") == 0 ]] && return
+    sleep 0.1
+  done
+  die "the persisters did not drain the stream within 120 s"
+}
 
 say "1/2: write-behind and the cache (bookstore up as shipped)"
 seeded_platform "$work/behind"
 load behind rate "$work/behind"
 drain_start=$(date +%s.%N)
-for _ in $(seq 1 1200); do
-  [[ $(stream_pending "$work/behind") == 0 ]] && break
-  sleep 0.1
-done
+wait_drained "$work/behind"
 drain_end=$(date +%s.%N)
 echo "drain_seconds=$(python3 -c "print(round($drain_end - $drain_start, 2))")" | tee "$out/drain.txt"
-[[ $(stream_pending "$work/behind") == 0 ]] || die "the persisters did not drain the stream within 120 s"
+# What persisting the accepted ratings cost, wherever it fell: the measured run plus the drain
+# (the persisters may fall behind during the run and finish after it).
+python3 bench/cpu_split.py snapshot "$work/cpu-drained.json" "$up_pid" "$work"
+say "behind incl. drain: CPU per component from the start of the run until the stream was empty (ms/unit: per rating)"
+python3 bench/cpu_split.py diff "$work/cpu-before.json" "$work/cpu-drained.json" \
+  "$(sed -n 's/.*202=\([0-9]*\).*/\1/p' "$out/wrk-behind.txt")" "$out/cpu-behind-drained.json" |
+  tee "$out/cpu-behind-drained.txt"
 load cached read "$work/behind"
 
 # The storage paths alone, on the same servers: XADD of a rating-sized entry (redis-benchmark) vs
@@ -142,6 +157,17 @@ print("\nwrite-behind accepted / write-through: %.2fx   (persisted incl. %.1f s 
     r["behind"]["ok_per_s"] / max(r["through"]["ok_per_s"], 1e-9), drain,
     r["behind"]["persisted_per_s_incl_drain"],
     r["behind"]["persisted_per_s_incl_drain"] / max(r["through"]["ok_per_s"], 1e-9)))
+drained = json.load(open(out + "/cpu-behind-drained.json"))
+through_cpu = json.load(open(out + "/cpu-through.json"))
+r["cpu_ms_per_rating"] = {
+    "behind_incl_drain": {k: round(1000 * v / max(r["behind"]["ok"], 1), 3) for k, v in drained.items()},
+    "through": {k: round(1000 * v / max(r["through"]["ok"], 1), 3) for k, v in through_cpu.items()},
+}
+for name in ("behind_incl_drain", "through"):
+    cpu = r["cpu_ms_per_rating"][name]
+    print("CPU per rating, %-17s total %.3f ms: postgres %.3f, books %.3f, gateway %.3f, redis %.3f" % (
+        name.replace("_", " "), sum(cpu.values()), cpu.get("postgres", 0), cpu.get("books", 0),
+        cpu.get("gateway", 0), cpu.get("redis", 0)))
 print("cache-hit GET / database GET:        %.2fx" % (r["cached"]["ok_per_s"] / max(r["database"]["ok_per_s"], 1e-9)))
 xadd = float(re.search(r"([\d.]+) requests per second", open(out + "/xadd.txt").read()).group(1))
 insert = float(re.search(r"^tps = ([\d.]+)", open(out + "/insert.txt").read(), re.M).group(1))

@@ -87,6 +87,7 @@ impl Databases {
             self.acknowledged_orders_kept(ledger).await?,
             self.acknowledged_top_ups_kept(ledger).await?,
             self.accepted_ratings_persisted(ledger).await?,
+            self.rating_totals_match_rows().await?,
         ])
     }
 
@@ -327,6 +328,29 @@ impl Databases {
             );
         }
         Ok(check)
+    }
+}
+
+impl Databases {
+    /// The persisters move a book's `rating_count`/`rating_sum` by each upsert's old and new stars,
+    /// in the batch's transaction: in any one snapshot they equal a recomputation from the rating
+    /// rows — so a replayed or claimed batch that counted twice shows here, even mid-backlog.
+    async fn rating_totals_match_rows(&self) -> anyhow::Result<Check> {
+        let offenders: Vec<String> = sqlx::query_scalar(
+            "SELECT format('book %s: count %s, sum %s, the rows say %s, %s', b.id, b.rating_count,
+                           b.rating_sum, coalesce(r.count, 0), coalesce(r.sum, 0))
+               FROM books b
+               LEFT JOIN (SELECT book_id, count(*) AS count, sum(stars) AS sum
+                            FROM ratings GROUP BY book_id) r ON r.book_id = b.id
+              WHERE b.rating_count <> coalesce(r.count, 0) OR b.rating_sum <> coalesce(r.sum, 0)",
+        )
+        .fetch_all(&self.books)
+        .await?;
+        Ok(verdict(
+            "rating totals are the rows'",
+            offenders,
+            "books off",
+        ))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{bookstore, start};
 
 /// Every invariant was checked and holds.
 fn assert_invariants(report: &ChaosReport) {
-    assert_eq!(report.invariants.len(), 6, "{}", report.summary());
+    assert_eq!(report.invariants.len(), 7, "{}", report.summary());
     for check in &report.invariants {
         assert!(
             check.ok,
@@ -159,10 +159,11 @@ async fn the_registry_killed_and_clocks_skewed_lose_nothing_the_command_reports_
             .all(|op| op["p99_ms"].as_f64().is_some_and(|p| p > 0.0))
     );
     let invariants = view["invariants"].as_array().expect("invariants");
-    assert_eq!(invariants.len(), 6);
+    assert_eq!(invariants.len(), 7);
     assert!(invariants.iter().all(|c| c["ok"] == true), "{view}");
 
-    // The checker is not a rubber stamp: one cent too many on a balance, one copy missing.
+    // The checker is not a rubber stamp: one cent too many on a balance, one copy missing, one
+    // rating counted twice.
     let orders = PgPool::connect(&session.admin_url("orders")).await?;
     let books = PgPool::connect(&session.admin_url("books")).await?;
     let customer = session.ledger().top_ups[0].customer_id.clone();
@@ -189,15 +190,34 @@ async fn the_registry_killed_and_clocks_skewed_lose_nothing_the_command_reports_
         .bind(&book)
         .execute(&books)
         .await?;
+    // A rating counted twice (what a replayed batch must never do).
+    let tamper_totals = |delta: i64| {
+        sqlx::query(
+            "UPDATE books SET rating_count = rating_count + $1, rating_sum = rating_sum + $1
+              WHERE id = $2::uuid",
+        )
+        .bind(delta)
+        .bind(book.clone())
+    };
+    tamper_totals(1).execute(&books).await?;
+    let checks = session.recheck(Duration::ZERO).await?;
+    let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
+    assert!(
+        failed.len() == 1
+            && failed[0].name == "rating totals are the rows'"
+            && failed[0].detail.contains(&book),
+        "{checks:?}"
+    );
+    tamper_totals(-1).execute(&books).await?;
     assert!(session.recheck(Duration::ZERO).await?.iter().all(|c| c.ok));
     Ok(())
 }
 
-/// A database scenario passed: the seven invariants (the six above and no split brain) hold, the
+/// A database scenario passed: the eight invariants (the seven above and no split brain) hold, the
 /// fault was undone — the cluster whole again — and availability reached the scenario's floor,
 /// less what the fault-free run on the same machine lost.
 fn assert_database_pass(report: &ChaosReport, control: f64) {
-    assert_eq!(report.invariants.len(), 7, "{}", report.summary());
+    assert_eq!(report.invariants.len(), 8, "{}", report.summary());
     for check in &report.invariants {
         assert!(
             check.ok,
@@ -261,7 +281,11 @@ async fn database_nodes_killed_and_the_primary_partitioned_lose_nothing_and_neve
             eprintln!("    {:>6} ms  {}", event.at_ms, event.what);
         }
         assert_database_pass(&report, steady.availability);
-        let split_brain = &report.invariants[6];
+        let split_brain = report
+            .invariants
+            .iter()
+            .find(|c| c.name == "no split brain")
+            .expect("the split-brain check ran");
         if matches!(scenario, Scenario::KillPrimary | Scenario::PartitionPrimary) {
             // The probes saw the writer change, once.
             assert!(

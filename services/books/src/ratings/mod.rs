@@ -106,18 +106,25 @@ impl StreamRating {
         }
     }
 
-    fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("rating_id", self.rating_id.to_string()),
-            ("customer_id", self.customer_id.to_string()),
-            ("book_id", self.book_id.to_string()),
-            ("stars", self.stars.to_string()),
-            ("at", self.at_ms.to_string()),
-        ];
+    /// The `XADD` that appends it to `key`, with an id Redis chooses.
+    fn xadd(&self, key: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key)
+            .arg("*")
+            .arg("rating_id")
+            .arg(self.rating_id.as_hyphenated().to_string())
+            .arg("customer_id")
+            .arg(self.customer_id.as_hyphenated().to_string())
+            .arg("book_id")
+            .arg(self.book_id.as_hyphenated().to_string())
+            .arg("stars")
+            .arg(self.stars)
+            .arg("at")
+            .arg(self.at_ms);
         if let Some(text) = &self.text {
-            fields.push(("text", text.clone()));
+            cmd.arg("text").arg(text);
         }
-        fields
+        cmd
     }
 
     /// Reads an entry back; `None` for an entry this code did not write (it is dropped, logged).
@@ -222,12 +229,7 @@ impl RatingStream {
                 }
             }
         };
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.key).arg("*");
-        for (name, value) in entry.fields() {
-            cmd.arg(name).arg(value);
-        }
-        cmd.query_async(&mut conn).await
+        entry.xadd(&self.key).query_async(&mut conn).await
     }
 }
 

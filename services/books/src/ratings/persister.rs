@@ -8,8 +8,8 @@
 //! only after its commit are the entries acknowledged (`XACK`) and deleted from the stream (`XDEL`),
 //! and the books' cache entries invalidated. A crash anywhere before the `XACK` leaves the entries
 //! pending, so they are persisted again — harmlessly, because the upsert is idempotent: a row is
-//! overwritten only by an entry with a larger stream id, and the books' totals are recomputed from
-//! the rows, not incremented.
+//! overwritten only by an entry with a larger stream id, and the books' totals move only by what
+//! the upsert really wrote (see [`apply`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use anyhow::Context;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -243,10 +243,40 @@ fn entries_of(reply: StreamReadReply) -> Vec<StreamId> {
         .collect()
 }
 
-/// Upserts the batch and recomputes the totals of the books it touched, in one transaction;
-/// returns those books.
+/// Upserts the batch and moves the totals of the books it touched by what it changed, in one
+/// transaction; returns those books.
 pub async fn persist(
     pool: &PgPool,
+    ratings: Vec<((i64, i64), StreamRating)>,
+) -> anyhow::Result<Vec<Uuid>> {
+    // No `synchronous_commit = local` here although ratings are eventual data: the stream entries
+    // are acknowledged (XACK) right after this commit, so it must survive a failover — a commit
+    // only the old primary had would vanish with it while its entries are gone from the stream.
+    let mut tx = pool.begin().await?;
+    let books = apply(&mut tx, ratings).await?;
+    tx.commit().await?;
+    Ok(books)
+}
+
+/// The work of [`persist`] inside a transaction the caller opened and will commit (tests hold it
+/// open to race two batches). Returns the books whose totals it may have changed.
+///
+/// The totals are maintained, not recomputed: each upsert adds its new stars and takes away the
+/// row's old ones (a new row also adds one to the count). That is exactly once because
+///
+/// - a row is only overwritten by an entry with a larger stream id (`stream_ms`, `stream_seq`,
+///   stored on the row), and only rows the upsert really wrote (its `RETURNING`) move the totals:
+///   a replayed entry — a crash between commit and `XACK`, an entry claimed from a consumer that
+///   was only slow — and an entry older than the stored one change nothing;
+/// - inside one batch only the latest entry per (customer, book) is kept, so a customer re-rating a
+///   book twice in one batch counts once, with the later stars;
+/// - the old stars are read under the books' row locks, taken first, in id order (as checkout
+///   does, so the two never deadlock), by every writer of ratings: nobody else can change those
+///   ratings rows or totals until this transaction ends. The upsert is a second statement, so in
+///   READ COMMITTED its snapshot is taken *after* the locks are held and sees everything a
+///   persister that held them before committed (one statement doing both read an older snapshot).
+pub async fn apply(
+    conn: &mut PgConnection,
     ratings: Vec<((i64, i64), StreamRating)>,
 ) -> anyhow::Result<Vec<Uuid>> {
     // One row per customer and book (a statement may not upsert one row twice): the latest entry.
@@ -274,20 +304,43 @@ pub async fn persist(
     let mut books = cols.book.clone();
     books.sort();
     books.dedup();
-    // No `synchronous_commit = local` here although ratings are eventual data: the stream entries
-    // are acknowledged (XACK) right after this commit, so it must survive a failover — a commit
-    // only the old primary had would vanish with it while its entries are gone from the stream.
-    let mut tx = pool.begin().await?;
+    // `version` is not bumped below: a rating is not an edit of the book, and must not make an
+    // admin's If-Match fail.
+    sqlx::query("SELECT id FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&books)
+        .execute(&mut *conn)
+        .await
+        .context("Failed to lock the rated books")?;
+    // All parts of one statement share its snapshot: `old` is the rows as they were before `up`
+    // wrote them, whatever order PostgreSQL runs the parts in.
     sqlx::query(
-        "INSERT INTO ratings (customer_id, book_id, rating_id, stars, text, stream_ms, stream_seq, rated_at)
-         SELECT c, b, r, s, t, ms, seq, to_timestamp(at / 1000.0)
-           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],
-                       $6::bigint[], $7::bigint[], $8::bigint[]) AS v(c, b, r, s, t, ms, seq, at)
-         ON CONFLICT (customer_id, book_id) DO UPDATE
-            SET rating_id = EXCLUDED.rating_id, stars = EXCLUDED.stars, text = EXCLUDED.text,
-                stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq,
-                rated_at = EXCLUDED.rated_at, persisted_at = now()
-          WHERE (ratings.stream_ms, ratings.stream_seq) < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)",
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],
+                                  $6::bigint[], $7::bigint[], $8::bigint[])
+                        AS v(c, b, r, s, t, ms, seq, at)),
+         old AS (
+             SELECT o.customer_id, o.book_id, o.stars
+               FROM ratings o JOIN v ON o.customer_id = v.c AND o.book_id = v.b),
+         up AS (
+             INSERT INTO ratings (customer_id, book_id, rating_id, stars, text, stream_ms,
+                                  stream_seq, rated_at)
+             SELECT c, b, r, s, t, ms, seq, to_timestamp(at / 1000.0) FROM v
+             ON CONFLICT (customer_id, book_id) DO UPDATE
+                SET rating_id = EXCLUDED.rating_id, stars = EXCLUDED.stars, text = EXCLUDED.text,
+                    stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq,
+                    rated_at = EXCLUDED.rated_at, persisted_at = now()
+              WHERE (ratings.stream_ms, ratings.stream_seq)
+                    < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
+             RETURNING customer_id, book_id, stars),
+         delta AS (
+             SELECT up.book_id, count(*) FILTER (WHERE old.stars IS NULL) AS count,
+                    sum(up.stars - coalesce(old.stars, 0)) AS sum
+               FROM up LEFT JOIN old USING (customer_id, book_id)
+              GROUP BY up.book_id)
+         UPDATE books SET rating_count = rating_count + delta.count,
+                          rating_sum = rating_sum + delta.sum
+           FROM delta
+          WHERE books.id = delta.book_id",
     )
     .bind(&cols.customer)
     .bind(&cols.book)
@@ -297,32 +350,9 @@ pub async fn persist(
     .bind(&cols.ms)
     .bind(&cols.seq)
     .bind(&cols.at)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await
-    .context("Failed to upsert ratings")?;
-    // Recomputed, never incremented: replaying a batch cannot count anything twice. Locked in id
-    // order, like checkout, so the two never deadlock, and *before* the statement that counts: in
-    // READ COMMITTED that statement's snapshot is then taken after the lock is held, so it sees every
-    // batch committed by a persister that held the lock first (one statement doing both counted from
-    // a snapshot older than its lock wait). `version` is not bumped: a rating is not an edit of the
-    // book, and must not make an admin's If-Match fail.
-    sqlx::query("SELECT id FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&books)
-        .execute(&mut *tx)
-        .await
-        .context("Failed to lock the rated books")?;
-    sqlx::query(
-        "UPDATE books SET rating_count = t.count, rating_sum = t.sum
-           FROM (SELECT id, (SELECT count(*) FROM ratings WHERE book_id = id) AS count,
-                        (SELECT coalesce(sum(stars), 0) FROM ratings WHERE book_id = id) AS sum
-                   FROM books WHERE id = ANY($1)) t
-          WHERE books.id = t.id",
-    )
-    .bind(&books)
-    .execute(&mut *tx)
-    .await
-    .context("Failed to update the books' rating totals")?;
-    tx.commit().await?;
+    .context("Failed to upsert the ratings and move the books' totals")?;
     Ok(books)
 }
 

@@ -8,6 +8,7 @@ mod delete;
 mod helpers;
 mod list;
 mod ops;
+mod rating_totals;
 mod ratings;
 mod read;
 mod search;
