@@ -25,6 +25,9 @@
 #   BENCH_PROFILE=1          also `perf record` the gateway during one more run (top DSOs and
 #                             symbols in $BENCH_OUT/raw/profile-gateway.txt)
 #   BOOKSTORE_BIN=<path>      use this bookstore binary instead of building the release one
+#   BASELINE_BIN=<path>       also measure a second gateway from this binary (e.g. the last
+#                             release), started with the first gateway's environment, same registry
+#                             and upstream: a before/after comparison within one run
 #   BENCH_OUT=<dir>           where results.json and the raw wrk outputs go (default: a new /tmp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +41,7 @@ LIGHT_DURATION=${LIGHT_DURATION:-10s}
 BENCH_RATE_LIMIT=${BENCH_RATE_LIMIT:-raised}
 BENCH_PERF=${BENCH_PERF:-1}
 
-say() { echo "bench: $*" >&2; }
-die() { echo "bench: $*" >&2; exit 1; }
+source bench/lib.sh
 
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then "$@"
@@ -65,14 +67,7 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 scripts/setup.sh
 
-if [[ -n "${BOOKSTORE_BIN:-}" ]]; then
-  BOOKSTORE=$BOOKSTORE_BIN
-else
-  say "building the release binary"
-  cargo build --release --quiet --bin bookstore
-  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  BOOKSTORE="$target_dir/release/bookstore"
-fi
+bookstore_binary
 [[ -x "$BOOKSTORE" ]] || die "no binary at $BOOKSTORE"
 
 # --- start everything, stop everything on exit -------------------------------------------------
@@ -205,6 +200,23 @@ targets=(direct nginx1 nginxauto gateway)
 declare -A url=([direct]=$books_url [nginx1]=$nginx1_url [nginxauto]=$nginxauto_url [gateway]=$gateway_url)
 declare -A proxy_pid=([direct]="" [nginx1]=$nginx1_pid [nginxauto]=$nginxauto_pid [gateway]=$gateway_pid)
 
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+  # The same settings as up's gateway (its environment), on a port of its own.
+  port=$(free_port)
+  mapfile -d '' gateway_environ <"/proc/$gateway_pid/environ"
+  env -i "${gateway_environ[@]}" BOOKSTORE_HTTP__LISTEN="127.0.0.1:$port" \
+    BOOKSTORE_HTTP__PORT_FILE="$work/baseline.addr" "$BASELINE_BIN" gateway >"$work/baseline.log" 2>&1 &
+  baseline_pid=$!
+  nginx_pids+=("$baseline_pid") # stopped on exit with the nginx instances
+  targets+=(baseline)
+  url[baseline]="http://127.0.0.1:$port"
+  proxy_pid[baseline]=$baseline_pid
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "${url[baseline]}$path" && break
+    sleep 0.1
+  done
+fi
+
 # Every target must answer the same 200 before anything is measured.
 expected=$(curl -sf "$books_url$path")
 for t in "${targets[@]}"; do
@@ -300,16 +312,16 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 ci_state="no CI log"
 [[ -f /tmp/ci-run.log ]] && { grep -q '^EXIT' /tmp/ci-run.log && ci_state="finished ($(grep '^EXIT' /tmp/ci-run.log | tail -1))" || ci_state="STILL RUNNING"; }
 python3 - "$out" "$ROUNDS" "$DURATION" "$WARMUP" "$THREADS" "$CONNECTIONS" "$LIGHT_DURATION" "$path" \
-  "$BENCH_RATE_LIMIT" "$(nproc)" "$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)" "$(uname -r)" \
+  "$BENCH_RATE_LIMIT" "${targets[*]}" "$(nproc)" "$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)" "$(uname -r)" \
   "$("$NGINX" -v 2>&1)" "$(wrk -v 2>&1 | head -1)" "$ci_state" "$load_before" "$load_after" <<'EOF'
 import json, os, re, statistics, sys
 
-(out, rounds, duration, warmup, threads, conns, light, path, rate_limit,
+(out, rounds, duration, warmup, threads, conns, light, path, rate_limit, targets,
  nproc, cpu, kernel, nginx_version, wrk_version, ci, load_before, load_after) = sys.argv[1:]
 rounds = int(rounds)
-targets = ["direct", "nginx1", "nginxauto", "gateway"]
+targets = targets.split()
 label = {"direct": "direct (books)", "nginx1": "nginx, 1 worker", "nginxauto": "nginx, auto workers",
-         "gateway": "gateway"}
+         "gateway": "gateway", "baseline": "gateway (baseline)"}
 raw = os.path.join(out, "raw")
 
 def ms(value):

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The public listener (default 127.0.0.1:8080) and its body limit.
     pub http: HttpConfig,
+    /// Threads serving requests, each an event loop of its own over its own connections and
+    /// upstream pools (`Server::serve_per_core`); 0 = one per CPU.
+    pub threads: usize,
     /// Where the registry is; the gateway watches it for healthy instances.
     pub registry: RegistryConfig,
     /// Path prefixes and the service each one goes to; the longest matching prefix wins.
@@ -76,6 +79,7 @@ impl Default for Config {
                 body_limit_bytes: 1024 * 1024,
                 ..HttpConfig::default()
             },
+            threads: 0,
             registry: RegistryConfig::default(),
             routes: vec![
                 route("/api/auth", "orders"),

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::{Counter, Histogram};
 use tokio::time::{Instant, Sleep};
@@ -27,14 +27,28 @@ use crate::config::UpstreamConfig;
 use crate::deadline;
 use crate::exchange::{Exchange, UpstreamError};
 
-/// The forwarding client: one connection pool shared by all instances. Cheap to clone.
+/// The forwarding client: one connection pool per thread, shared by all instances. Cheap to
+/// clone.
+///
+/// Per thread because the gateway serves on one single-threaded runtime per core
+/// ([`platform::server::Server::serve_per_core`]): a pooled connection's task runs on the runtime
+/// that opened it, so a pool shared between threads would hand a request to a connection driven
+/// by another thread — a cross-thread wakeup each way, which cost the gateway more CPU than any
+/// of its layers.
 #[derive(Clone)]
 pub struct Forward {
     inner: Arc<Inner>,
 }
 
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's pool of each live [`Forward`], found by the address of its `Inner`.
+    static CLIENTS: RefCell<Vec<(Weak<Inner>, HttpClient)>> = const { RefCell::new(Vec::new()) };
+}
+
 struct Inner {
-    client: Client<HttpConnector, Full<Bytes>>,
+    settings: UpstreamConfig,
     /// From sending a request to the last byte of its answer.
     request_timeout: Duration,
     /// Each instance's authority and `Host` value, by instance id, built once.
@@ -84,25 +98,31 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 impl Forward {
     pub fn new(config: &UpstreamConfig) -> anyhow::Result<Forward> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        // TCP keepalive as reqwest had it: a pooled connection to a vanished host is noticed.
-        connector.set_keepalive(Some(Duration::from_secs(15)));
-        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
-        connector.set_keepalive_retries(Some(3));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            // Evicts idle connections in the background, not only when the pool is next used.
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(Forward {
             inner: Arc::new(Inner {
-                client,
+                settings: config.clone(),
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 targets: RwLock::new(HashMap::new()),
             }),
+        })
+    }
+
+    /// Sends `request` through this thread's pool, made on first use.
+    fn send(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            // Pools of forwards that are gone (a test's gateway) are dropped here.
+            clients.retain(|(owner, _)| owner.strong_count() > 0);
+            let mine = Arc::downgrade(&self.inner);
+            match clients.iter().find(|(owner, _)| owner.ptr_eq(&mine)) {
+                Some((_, client)) => client.request(request),
+                None => {
+                    let client = build_client(&self.inner.settings);
+                    let future = client.request(request);
+                    clients.push((mine, client));
+                    future
+                }
+            }
         })
     }
 
@@ -200,11 +220,7 @@ impl Forward {
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
         let request_timeout = self.inner.request_timeout;
-        let response = tokio::time::timeout(
-            timeout.min(request_timeout),
-            self.inner.client.request(request),
-        )
-        .await;
+        let response = tokio::time::timeout(timeout.min(request_timeout), self.send(request)).await;
         match response {
             Err(_) => Err(UpstreamError::Timeout {
                 instance: instance.id.clone(),
@@ -229,6 +245,23 @@ impl Forward {
             }
         }
     }
+}
+
+/// One keep-alive pool for every instance, with the configured timeouts.
+fn build_client(config: &UpstreamConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+    // TCP keepalive as reqwest had it: a pooled connection to a vanished host is noticed.
+    connector.set_keepalive(Some(Duration::from_secs(15)));
+    connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+    connector.set_keepalive_retries(Some(3));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        // Evicts idle connections in the background, not only when the pool is next used.
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 fn failed(instance: &Instance, reason: String) -> UpstreamError {

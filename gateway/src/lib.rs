@@ -40,6 +40,7 @@ pub struct Application {
     server: Server,
     router: Router,
     observed: stack::Observed,
+    threads: usize,
 }
 
 impl Application {
@@ -58,6 +59,7 @@ impl Application {
             server,
             router,
             observed,
+            threads: config.threads,
         })
     }
 
@@ -78,7 +80,9 @@ impl Application {
                 }
             })
         });
-        self.server.serve(self.router, ready, shutdown).await
+        self.server
+            .serve_per_core(self.router, ready, shutdown, self.threads)
+            .await
     }
 }
 

@@ -98,7 +98,8 @@ async fn gateway_with(
     let url = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    tokio::spawn(async move { server.serve(router, always_ready(), stop).await });
+    // Two threads, as the gateway serves: each with its own upstream pool.
+    tokio::spawn(async move { server.serve_per_core(router, always_ready(), stop, 2).await });
     Ok((url, shutdown))
 }
 

@@ -118,31 +118,105 @@ impl Server {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let app = with_standard_layers(api, ready, self.draining.clone(), &self.config);
-        let draining = self.draining.clone();
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
-        let signal = shutdown.clone();
-        let serve = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            signal.cancelled().await;
-            draining.store(true, Ordering::SeqCst);
-        });
-        let mut serve = std::pin::pin!(serve.into_future());
-        tokio::select! {
-            result = &mut serve => return Ok(result?),
-            _ = shutdown.cancelled() => {}
+        serve_listener(self.listener, app, self.draining, grace, shutdown).await
+    }
+
+    /// Like [`Server::serve`], but on `threads` threads (0: one per CPU), each running its own
+    /// single-threaded runtime that accepts from the one listening socket and serves the
+    /// connections it accepted from start to end.
+    ///
+    /// For a proxy, whose every request is a few reads and writes on two sockets: on the shared
+    /// multi-threaded runtime a connection's task, the upstream connection's task and the worker
+    /// that woke them often sit on different threads, and those wakeups cost more CPU than the
+    /// request's own work. One runtime per thread is how nginx runs (one event loop per worker).
+    /// Everything the requests share (breakers, budgets, limits, metrics) is already thread-safe;
+    /// what is per runtime must be per thread (the gateway's upstream pools are). Returns once
+    /// every thread has drained.
+    pub async fn serve_per_core(
+        self,
+        api: Router,
+        ready: ReadyCheck,
+        shutdown: CancellationToken,
+        threads: usize,
+    ) -> anyhow::Result<()> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let app = with_standard_layers(api, ready, self.draining.clone(), &self.config);
+        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
+        // Every thread gets its own descriptor of the same socket: the kernel queues a new
+        // connection once, and whichever thread is free first accepts it.
+        let socket = self.listener.into_std()?;
+        let mut finished = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let socket = socket.try_clone()?;
+            let (app, draining, shutdown) = (app.clone(), self.draining.clone(), shutdown.clone());
+            let (done, result) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("http-{index}"))
+                .spawn(move || {
+                    let served = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|runtime| {
+                            runtime.block_on(async move {
+                                let listener = TcpListener::from_std(socket)?;
+                                serve_listener(listener, app, draining, grace, shutdown).await
+                            })
+                        });
+                    let _ = done.send(served);
+                })?;
+            finished.push(result);
         }
-        match tokio::time::timeout(grace, serve).await {
-            Ok(result) => Ok(result?),
-            Err(_) => {
-                tracing::warn!(
-                    grace_seconds = grace.as_secs(),
-                    "in-flight requests outlived the grace period"
-                );
-                Ok(())
+        drop(socket);
+        let mut outcome = Ok(());
+        for result in finished {
+            let served = result
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a serving thread panicked")));
+            if outcome.is_ok() {
+                outcome = served;
+            } else if let Err(e) = served {
+                tracing::error!(error = format!("{e:#}"), "a serving thread failed");
             }
+        }
+        outcome
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`, then drains for at most `grace`.
+async fn serve_listener(
+    listener: TcpListener,
+    app: Router,
+    draining: Arc<AtomicBool>,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let signal = shutdown.clone();
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        signal.cancelled().await;
+        draining.store(true, Ordering::SeqCst);
+    });
+    let mut serve = std::pin::pin!(serve.into_future());
+    tokio::select! {
+        result = &mut serve => return Ok(result?),
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, serve).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "in-flight requests outlived the grace period"
+            );
+            Ok(())
         }
     }
 }
@@ -338,6 +412,68 @@ fn new_traceparent() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One HTTP/1.1 GET on a fresh connection; the status code and the body.
+    async fn get_once(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        let status = answer.get(9..12).unwrap_or("").parse()?;
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        Ok((status, body))
+    }
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("").to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn per_core_threads_serve_while_one_is_stuck_and_drain_on_shutdown() -> anyhow::Result<()>
+    {
+        let (entered, is_entered) = std::sync::mpsc::sync_channel::<()>(1);
+        let api = Router::new()
+            .route(
+                "/stuck",
+                get(move || {
+                    let entered = entered.clone();
+                    async move {
+                        let _ = entered.try_send(());
+                        // Blocks this thread's whole event loop, as no handler should.
+                        std::thread::sleep(Duration::from_millis(500));
+                        thread_name()
+                    }
+                }),
+            )
+            .route("/name", get(|| async { thread_name() }));
+        let server = Server::bind(&HttpConfig::default()).await?;
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(server.serve_per_core(api, always_ready(), shutdown.clone(), 2));
+        let stuck = tokio::spawn(get_once(addr, "/stuck"));
+        tokio::task::spawn_blocking(move || is_entered.recv_timeout(Duration::from_secs(5)))
+            .await??;
+        // The stuck thread cannot accept: the other one must take this connection and answer.
+        let (status, other) = get_once(addr, "/name").await?;
+        assert_eq!(status, 200);
+        // Shutting down while the stuck request is in flight lets it finish.
+        shutdown.cancel();
+        let (status, first) = stuck.await??;
+        assert_eq!(status, 200);
+        assert!(
+            first.starts_with("http-") && other.starts_with("http-"),
+            "{first} {other}"
+        );
+        assert_ne!(first, other, "both requests were served by one thread");
+        tokio::time::timeout(Duration::from_secs(5), serving).await???;
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the socket is still open after every thread stopped"
+        );
+        Ok(())
+    }
 
     #[test]
     fn trace_ids_are_taken_only_from_well_formed_traceparents() {
