@@ -14,7 +14,10 @@
 # WARMUP=3, CUSTOMERS=64, BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built),
 # STATEMENT_CHECKOUTS=20 (sequential checkouts with every statement logged, after the measured runs,
 # counted by bench/statements.py; 0 skips them), BENCH_OUT=<dir> (raw outputs and results.json; a
-# new /tmp directory by default).
+# new /tmp directory by default), PG_NODES=1 (PostgreSQL members of the platform: 1 is one plain
+# server, as the baselines' scratch server is, so (b) and the checkout run on the same kind of
+# PostgreSQL; 5 is `up`'s default Patroni cluster with synchronous replication, whose commits also
+# wait for a standby and whose replicas replay every write on the same cores).
 # During each measured run, bench/cpu_split.py records the CPU time of every component (PostgreSQL,
 # each service, the gateway, wrk) and prints it per committed checkout.
 set -euo pipefail
@@ -26,6 +29,7 @@ WARMUP=${WARMUP:-3}
 CUSTOMERS=${CUSTOMERS:-64}
 BOOKS=${BOOKS:-200}
 STATEMENT_CHECKOUTS=${STATEMENT_CHECKOUTS:-20}
+PG_NODES=${PG_NODES:-1}
 source bench/lib.sh
 
 for tool in wrk curl python3 pgbench; do
@@ -53,8 +57,8 @@ say "baselines: bench/pg-2pc-ceiling.sh $CLIENTS $DURATION"
 PATH="$(dirname "$(readlink -f "$(ls /usr/lib/postgresql/15/bin/pg_ctl)")"):$PATH" \
   bench/pg-2pc-ceiling.sh "$CLIENTS" "$DURATION" | tee "$out/baselines.txt"
 
-say "starting the platform in $work"
-start_platform "$work/platform"
+say "starting the platform in $work ($PG_NODES PostgreSQL member(s))"
+start_platform "$work/platform" --pg-nodes "$PG_NODES"
 # Commits, rollbacks and new sessions per database, as the server counts them.
 pg_stat() {
   local port password
