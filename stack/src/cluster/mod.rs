@@ -84,17 +84,19 @@ impl Ports {
         {
             return Ok(ports);
         }
-        let ports = Ports {
-            etcd_client: crate::ports::free_port()?,
-            etcd_peer: crate::ports::free_port()?,
-            members: (0..members)
-                .map(|_| Ok((crate::ports::free_port()?, crate::ports::free_port()?)))
-                .collect::<std::io::Result<_>>()?,
+        let mut picked = crate::ports::free_ports(2 + 2 * members)?.into_iter();
+        let mut next = || {
+            picked
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("too few free ports"))
         };
-        anyhow::ensure!(
-            distinct(&ports.all()),
-            "picked the same free port twice; try again"
-        );
+        let ports = Ports {
+            etcd_client: next()?,
+            etcd_peer: next()?,
+            members: (0..members)
+                .map(|_| Ok((next()?, next()?)))
+                .collect::<anyhow::Result<_>>()?,
+        };
         std::fs::write(&path, serde_json::to_vec_pretty(&ports)?)?;
         Ok(ports)
     }
@@ -104,11 +106,6 @@ impl Ports {
         all.extend(self.members.iter().flat_map(|(pg, rest)| [*pg, *rest]));
         all
     }
-}
-
-fn distinct(ports: &[u16]) -> bool {
-    let set: std::collections::HashSet<_> = ports.iter().collect();
-    set.len() == ports.len()
 }
 
 /// Member names: `pg-1` … `pg-n`.
