@@ -112,22 +112,6 @@ async fn rate_all(
     Ok(accepted)
 }
 
-/// The books whose `rating_count`/`rating_sum` are not a recomputation from their rating rows, in
-/// one snapshot. The persisters maintain the totals from each upsert's old and new stars in the
-/// batch's transaction, so this is empty at every moment — replays and claims included.
-async fn totals_off(db: &PgPool) -> anyhow::Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT format('%s: count %s, sum %s; the rows say %s, %s', b.id, b.rating_count,
-                       b.rating_sum, coalesce(r.count, 0), coalesce(r.sum, 0))
-           FROM books b
-           LEFT JOIN (SELECT book_id, count(*) AS count, sum(stars) AS sum
-                        FROM ratings GROUP BY book_id) r ON r.book_id = b.id
-          WHERE b.rating_count <> coalesce(r.count, 0) OR b.rating_sum <> coalesce(r.sum, 0)",
-    )
-    .fetch_all(db)
-    .await?)
-}
-
 /// Waits until the ratings table holds exactly `accepted` (by rating id, each once); the totals
 /// equal the rows at every look, while the backlog drains and after.
 async fn wait_for_ratings(
@@ -144,7 +128,7 @@ async fn wait_for_ratings(
                 .fetch_all(db)
                 .await?;
         got.sort();
-        let off = totals_off(db).await?;
+        let off = books::ratings::persister::totals_off(db).await?;
         anyhow::ensure!(off.is_empty(), "rating totals off the rows: {off:#?}");
         if got == want {
             return Ok(());
@@ -256,7 +240,7 @@ async fn a_books_instance_killed_with_unacknowledged_ratings_while_postgres_was_
     );
     wait_for_ratings(&db, &accepted, Duration::ZERO).await?;
     // The totals are the rows' (replays and claims counted nothing twice).
-    let off = totals_off(&db).await?;
+    let off = books::ratings::persister::totals_off(&db).await?;
     assert!(off.is_empty(), "rating totals off the rows: {off:#?}");
     // And clients see them: on the book and on the leaderboard.
     let book: Value = client
@@ -304,7 +288,7 @@ async fn ratings_acknowledged_before_the_stream_node_is_sigkilled_survive_its_re
     let _back = TestRedis::start_in(&platform.dir().join("redis/1"), port).await?;
     let_books_in(&db).await?;
     wait_for_ratings(&db, &accepted, Duration::from_secs(15)).await?;
-    let off = totals_off(&db).await?;
+    let off = books::ratings::persister::totals_off(&db).await?;
     assert!(off.is_empty(), "rating totals off the rows: {off:#?}");
     Ok(())
 }

@@ -234,6 +234,23 @@ impl Persister {
 
 /// Entries with their fields (an entry deleted while pending comes back without any: skipped here,
 /// and it is already gone from the stream).
+/// The books whose `rating_count`/`rating_sum` are not a recomputation from their rating rows,
+/// each described in one line, read in one statement (one snapshot). [`apply`] moves the totals by
+/// each upsert's old and new stars in the batch's transaction, so this is empty at every commit —
+/// replays and claims included, not only once the stream is drained. For tests and checks.
+pub async fn totals_off(db: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT format('%s: count %s, sum %s; the rows say %s, %s', b.id, b.rating_count,
+                       b.rating_sum, coalesce(r.count, 0), coalesce(r.sum, 0))
+           FROM books b
+           LEFT JOIN (SELECT book_id, count(*) AS count, sum(stars) AS sum
+                        FROM ratings GROUP BY book_id) r ON r.book_id = b.id
+          WHERE b.rating_count <> coalesce(r.count, 0) OR b.rating_sum <> coalesce(r.sum, 0)",
+    )
+    .fetch_all(db)
+    .await
+}
+
 fn entries_of(reply: StreamReadReply) -> Vec<StreamId> {
     reply
         .keys

@@ -280,21 +280,11 @@ pub fn id_of(book: &Value) -> String {
     book["id"].as_str().expect("an id").to_owned()
 }
 
-/// The books whose `rating_count`/`rating_sum` differ from a recomputation from the rating rows,
-/// read in one statement (one snapshot: a persister changes rows and totals in one transaction,
-/// so they agree at every commit, not only once the stream is drained). Empty when all agree.
+/// [`books::ratings::persister::totals_off`], for tests: a failed read is a failed test.
 pub async fn rating_totals_off(db: &sqlx::PgPool) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT format('%s: count %s, sum %s; the rows say %s, %s', b.id, b.rating_count,
-                       b.rating_sum, coalesce(r.count, 0), coalesce(r.sum, 0))
-           FROM books b
-           LEFT JOIN (SELECT book_id, count(*) AS count, sum(stars) AS sum
-                        FROM ratings GROUP BY book_id) r ON r.book_id = b.id
-          WHERE b.rating_count <> coalesce(r.count, 0) OR b.rating_sum <> coalesce(r.sum, 0)",
-    )
-    .fetch_all(db)
-    .await
-    .expect("the rating totals")
+    books::ratings::persister::totals_off(db)
+        .await
+        .expect("the rating totals")
 }
 
 /// Panics naming every book whose totals are not its rating rows' (see [`rating_totals_off`]).
