@@ -111,18 +111,17 @@ impl Forward {
     fn send(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
         CLIENTS.with(|clients| {
             let mut clients = clients.borrow_mut();
-            // Pools of forwards that are gone (a test's gateway) are dropped here.
-            clients.retain(|(owner, _)| owner.strong_count() > 0);
-            let mine = Arc::downgrade(&self.inner);
-            match clients.iter().find(|(owner, _)| owner.ptr_eq(&mine)) {
-                Some((_, client)) => client.request(request),
-                None => {
-                    let client = build_client(&self.inner.settings);
-                    let future = client.request(request);
-                    clients.push((mine, client));
-                    future
-                }
+            // By address: a Weak keeps its allocation, so no later Forward can have the same one.
+            let mine = Arc::as_ptr(&self.inner);
+            if let Some((_, client)) = clients.iter().find(|(owner, _)| owner.as_ptr() == mine) {
+                return client.request(request);
             }
+            // Only on a miss: pools of forwards that are gone (a test's gateway) are dropped.
+            clients.retain(|(owner, _)| owner.strong_count() > 0);
+            let client = build_client(&self.inner.settings);
+            let future = client.request(request);
+            clients.push((Arc::downgrade(&self.inner), client));
+            future
         })
     }
 
