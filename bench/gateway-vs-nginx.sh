@@ -28,6 +28,8 @@
 #   BASELINE_BIN=<path>       also measure a second gateway from this binary (e.g. the last
 #                             release), started with the first gateway's environment, same registry
 #                             and upstream: a before/after comparison within one run
+#   BASELINE_ENV='K=V ...'    extra environment for that second gateway (an ablation: e.g.
+#                             RUST_LOG=warn); without BASELINE_BIN it runs BOOKSTORE_BIN
 #   BENCH_OUT=<dir>           where results.json and the raw wrk outputs go (default: a new /tmp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -200,12 +202,13 @@ targets=(direct nginx1 nginxauto gateway)
 declare -A url=([direct]=$books_url [nginx1]=$nginx1_url [nginxauto]=$nginxauto_url [gateway]=$gateway_url)
 declare -A proxy_pid=([direct]="" [nginx1]=$nginx1_pid [nginxauto]=$nginxauto_pid [gateway]=$gateway_pid)
 
-if [[ -n "${BASELINE_BIN:-}" ]]; then
-  # The same settings as up's gateway (its environment), on a port of its own.
+if [[ -n "${BASELINE_BIN:-}${BASELINE_ENV:-}" ]]; then
+  # The same settings as up's gateway (its environment, plus BASELINE_ENV), on a port of its own.
   port=$(free_port)
   mapfile -d '' gateway_environ <"/proc/$gateway_pid/environ"
-  env -i "${gateway_environ[@]}" BOOKSTORE_HTTP__LISTEN="127.0.0.1:$port" \
-    BOOKSTORE_HTTP__PORT_FILE="$work/baseline.addr" "$BASELINE_BIN" gateway >"$work/baseline.log" 2>&1 &
+  read -r -a baseline_env <<<"${BASELINE_ENV:-}"
+  env -i "${gateway_environ[@]}" "${baseline_env[@]}" BOOKSTORE_HTTP__LISTEN="127.0.0.1:$port" \
+    BOOKSTORE_HTTP__PORT_FILE="$work/baseline.addr" "${BASELINE_BIN:-$BOOKSTORE}" gateway >"$work/baseline.log" 2>&1 &
   baseline_pid=$!
   nginx_pids+=("$baseline_pid") # stopped on exit with the nginx instances
   targets+=(baseline)

@@ -4,6 +4,7 @@
 //!
 //! No business logic lives here; components build on it and talk to each other only over HTTP.
 
+pub mod access_log;
 pub mod auth;
 pub mod cache;
 pub mod config;

@@ -1,9 +1,11 @@
 //! Header limits: a request whose headers are too many or too large is refused with 431 before any
 //! handler (or the gateway's proxy) spends work on it. Bodies are limited separately (413).
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, Ready, ready};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -27,28 +29,70 @@ impl Default for HeaderLimits {
     }
 }
 
-/// The middleware; install with `from_fn_with_state(limits, enforce)`.
-pub async fn enforce(State(limits): State<HeaderLimits>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let bytes: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    if headers.len() > limits.max_headers || bytes > limits.max_header_bytes {
+impl HeaderLimits {
+    /// The 431 for `request`, if its headers are over the limits.
+    fn refuse(&self, request: &Request) -> Option<Response> {
+        let headers = request.headers();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if headers.len() <= self.max_headers && bytes <= self.max_header_bytes {
+            return None;
+        }
         let detail = format!(
             "the request carries {} header fields ({bytes} bytes); at most {} fields and {} bytes are accepted",
             headers.len(),
-            limits.max_headers,
-            limits.max_header_bytes
+            self.max_headers,
+            self.max_header_bytes
         );
-        return Problem::new(
+        let problem = Problem::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers-too-large",
             detail,
-        )
-        .into_response();
+        );
+        Some(problem.into_response())
     }
-    next.run(request).await
+}
+
+/// Layer enforcing [`HeaderLimits`]. A plain tower layer rather than an axum `from_fn`, which
+/// boxes and clones the rest of the stack for every request.
+impl<S> tower::Layer<S> for HeaderLimits {
+    type Service = Enforce<S>;
+
+    fn layer(&self, inner: S) -> Enforce<S> {
+        Enforce {
+            limits: *self,
+            inner,
+        }
+    }
+}
+
+/// See [`HeaderLimits`]' layer.
+#[derive(Clone, Debug)]
+pub struct Enforce<S> {
+    limits: HeaderLimits,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Enforce<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.limits.refuse(&request) {
+            Some(refused) => Either::Left(ready(Ok(refused))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -61,7 +105,7 @@ mod tests {
     async fn status(limits: HeaderLimits, headers: &[(String, String)]) -> StatusCode {
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn_with_state(limits, enforce));
+            .layer(limits);
         let mut request = Request::builder().uri("/");
         for (name, value) in headers {
             request = request.header(name, value);

@@ -22,11 +22,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
 
+use crate::access_log::AccessLogLayer;
 use crate::faults::{self, FaultConfig};
-use crate::limits::{self, HeaderLimits};
+use crate::limits::HeaderLimits;
 use crate::problem::Problem;
+use crate::trace::ScopeLayer;
 use crate::{deadline, extract, metrics};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -230,7 +231,7 @@ fn write_port_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<(
 }
 
 /// Wraps a component's router in what every process has: operations routes, problem+json fallbacks,
-/// body limit, request id, trace context, access log span, RED metrics and panic safety.
+/// body limit, request id, trace context, access log line, RED metrics and panic safety.
 pub fn with_standard_layers(
     api: Router,
     ready: ReadyCheck,
@@ -244,8 +245,9 @@ pub fn with_standard_layers(
             get(readiness).with_state((ready, draining)),
         )
         .route("/metrics", get(|| async { metrics::render() }));
-    // Layers run outside-in in the reverse of the order written: request id is set first, then the
-    // trace context, then the span that carries both, then metrics around the handler. Health and
+    // Layers run outside-in in the order written: request id is set first, then the trace context,
+    // then the request's scope that carries both into every log line, then the access line and
+    // metrics around the handler. Health and
     // metrics routes are merged after the access log and RED layers: probes every second would
     // drown the requests that matter.
     let api = if config.faults.is_active() {
@@ -262,11 +264,7 @@ pub fn with_standard_layers(
     // axum boxes every layer it is given separately and clones that box, with everything below
     // it, for each request.
     let around_api = ServiceBuilder::new()
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(log_response),
-        )
+        .layer(AccessLogLayer)
         .layer(metrics::RedLayer)
         // Inside the RED metrics and the access log, so an abandoned request is counted and logged
         // as the 504 it is; outside the handler, so giving up drops the handler's work.
@@ -275,14 +273,11 @@ pub fn with_standard_layers(
     let around_all = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid4))
         .map_request(ensure_traceparent)
-        .layer(middleware::from_fn(crate::trace::scope))
+        .layer(ScopeLayer)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CatchPanicLayer::custom(panic_problem))
         .map_response(close_after_refused_body)
-        .layer(middleware::from_fn_with_state(
-            config.header_limits,
-            limits::enforce,
-        ));
+        .layer(config.header_limits);
     api.fallback(extract::no_route)
         .method_not_allowed_fallback(extract::wrong_method)
         .layer(around_api)
@@ -319,41 +314,6 @@ fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         "an unexpected error occurred; it has been logged",
     )
     .into_response()
-}
-
-fn request_span(request: &Request) -> tracing::Span {
-    let header = |name: &HeaderName| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = %header(&REQUEST_ID),
-        trace_id = %trace_id_of(header(&TRACEPARENT)).unwrap_or_default(),
-        // Recorded only when spans are exported (OTLP); empty fields stay out of the logs.
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-    );
-    if crate::otlp::enabled() {
-        crate::otlp::continue_request(&span, request);
-    }
-    span
-}
-
-fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
-    if crate::otlp::enabled() {
-        crate::otlp::record_status(span, response.status());
-    }
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "request served"
-    );
 }
 
 /// Gives every request a W3C `traceparent`: kept when a valid one arrives, else started here, so a

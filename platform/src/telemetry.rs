@@ -12,8 +12,15 @@ use std::path::Path;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Initialises logging once: JSON lines on stdout, level from `RUST_LOG` (default `info`).
@@ -42,20 +49,174 @@ fn init_logs(service: Option<(&str, Option<&Path>)>) {
     } else {
         registry
             .with(service.and_then(|(name, file)| crate::otlp::layer(name, file)))
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .flatten_event(true)
-                    .with_writer(Stdout),
-            )
+            .with(fmt::layer().event_format(JsonLine).with_writer(Stdout))
             .try_init()
     };
     // Already initialised (several apps in one test process): keep the first subscriber, and its
     // writer as it is.
     if result.is_ok() {
         start_background_writer();
+    }
+}
+
+/// One event as one JSON line: `timestamp`, `level`, the event's fields (`message` first), `target`
+/// and, inside a request, `span` with the request's method, path, request id and trace id (from
+/// its [`crate::trace::Scope`]):
+///
+/// `{"timestamp":"…Z","level":"INFO","message":"request served","status":200,"latency_ms":0.41,
+/// "target":"platform::server","span":{"method":"GET","path":"/api/books","request_id":"…",
+/// "trace_id":"…","name":"request"}}`
+///
+/// The shape of tracing-subscriber's JSON format (flattened event, current span), written
+/// directly: that format keeps a span's fields as JSON text and parses it back for every line.
+struct JsonLine;
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\"", meta.level())?;
+        let mut fields = JsonFields {
+            out: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str(",\"target\":")?;
+        json_string(&mut writer, meta.target())?;
+        crate::trace::with_current(|scope| {
+            writer.write_str(",\"span\":{\"method\":")?;
+            json_string(&mut writer, scope.method())?;
+            writer.write_str(",\"path\":")?;
+            json_string(&mut writer, scope.path())?;
+            writer.write_str(",\"request_id\":")?;
+            json_string(&mut writer, scope.request_id())?;
+            writer.write_str(",\"trace_id\":")?;
+            json_string(&mut writer, scope.trace_id())?;
+            writer.write_str(",\"name\":\"request\"}")
+        })
+        .unwrap_or(Ok(()))?;
+        writer.write_str("}\n")
+    }
+}
+
+/// Writes each field of an event as `,"name":value` (numbers and booleans as JSON values,
+/// anything else as a string).
+struct JsonFields<'a, W> {
+    out: &'a mut W,
+    result: std::fmt::Result,
+}
+
+impl<W: std::fmt::Write> JsonFields<'_, W> {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut W) -> std::fmt::Result) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let name = field.name();
+        self.result = (|| {
+            self.out.write_char(',')?;
+            json_string(self.out, name.strip_prefix("r#").unwrap_or(name))?;
+            self.out.write_char(':')?;
+            value(self.out)
+        })();
+    }
+}
+
+impl<W: std::fmt::Write> Visit for JsonFields<'_, W> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if value.is_finite() {
+            self.field(field, |out| write!(out, "{value}"));
+        } else {
+            self.field(field, |out| out.write_str("null"));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |out| json_string(out, value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.field(field, |out| json_display(out, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.field(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(out), "{value:?}")?;
+            out.write_char('"')
+        });
+    }
+}
+
+/// `value` as a JSON string.
+fn json_string(out: &mut impl std::fmt::Write, value: &str) -> std::fmt::Result {
+    out.write_char('"')?;
+    Escaped(out).write_str(value)?;
+    out.write_char('"')
+}
+
+/// `value`'s `Display` as a JSON string, escaped as it is written (no intermediate `String`).
+fn json_display(out: &mut impl std::fmt::Write, value: &dyn std::fmt::Display) -> std::fmt::Result {
+    out.write_char('"')?;
+    write!(Escaped(out), "{value}")?;
+    out.write_char('"')
+}
+
+/// Escapes what it is given for the inside of a JSON string.
+struct Escaped<'a, W>(&'a mut W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let mut plain = 0;
+        for (i, b) in text.bytes().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..0x20 => "",
+                _ => continue,
+            };
+            self.0.write_str(&text[plain..i])?;
+            if escape.is_empty() {
+                write!(self.0, "\\u{b:04x}")?;
+            } else {
+                self.0.write_str(escape)?;
+            }
+            plain = i + 1;
+        }
+        self.0.write_str(&text[plain..])
     }
 }
 
@@ -160,6 +321,202 @@ impl Write for LineWriter {
         match &*self.0 {
             Some(_) => Ok(()),
             None => io::stdout().flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::Request;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::server::{REQUEST_ID, TRACEPARENT};
+    use crate::trace::ScopeLayer;
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[derive(Debug)]
+    struct Odd;
+
+    impl std::fmt::Display for Odd {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tab\there \"quoted\" \u{1}")
+        }
+    }
+
+    impl std::error::Error for Odd {}
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[tokio::test]
+    async fn lines_are_json_with_typed_fields_and_the_requests_span_inside_a_request() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .event_format(JsonLine)
+                .with_writer(captured.clone()),
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        tracing::warn!(
+            r#type = "plain",
+            count = 3u64,
+            ratio = 0.5,
+            ok = true,
+            "outside"
+        );
+        let handler = tower::service_fn(|_: Request| async {
+            let error: &(dyn std::error::Error + 'static) = &Odd;
+            tracing::info!(detail = %Odd, error, list = ?["a\"b"], "inside \"a\" request");
+            Ok::<_, std::convert::Infallible>(())
+        });
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/checkout?x=1")
+            .header(TRACEPARENT, PARENT)
+            .header(REQUEST_ID, "req-7")
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        ScopeLayer
+            .layer(handler)
+            .oneshot(request)
+            .await
+            .expect("infallible");
+
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let outside = &lines[0];
+        assert_eq!(outside["level"], "WARN");
+        assert_eq!(outside["message"], "outside");
+        assert_eq!(outside["type"], "plain");
+        assert_eq!(outside["count"], 3);
+        assert_eq!(outside["ratio"], 0.5);
+        assert_eq!(outside["ok"], true);
+        assert!(
+            outside["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("platform"))
+        );
+        assert!(
+            outside["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        assert!(outside.get("span").is_none(), "{outside}");
+
+        let inside = &lines[1];
+        assert_eq!(inside["level"], "INFO");
+        assert_eq!(inside["message"], "inside \"a\" request");
+        assert_eq!(inside["detail"], "tab\there \"quoted\" \u{1}");
+        assert_eq!(inside["error"], "tab\there \"quoted\" \u{1}");
+        assert_eq!(inside["list"], "[\"a\\\"b\"]");
+        assert_eq!(
+            inside["span"],
+            serde_json::json!({
+                "method": "POST",
+                "path": "/api/checkout",
+                "request_id": "req-7",
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "name": "request",
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn api_requests_get_one_access_line_with_status_latency_and_span_and_probes_none() {
+        use axum::Router;
+        use axum::routing::get;
+        use http::StatusCode;
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .event_format(JsonLine)
+                .with_writer(captured.clone()),
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+        let api = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route("/broken", get(|| async { StatusCode::BAD_GATEWAY }));
+        let app = crate::server::with_standard_layers(
+            api,
+            crate::server::always_ready(),
+            Arc::default(),
+            &crate::server::HttpConfig::default(),
+        );
+        for path in ["/ok", "/broken", "/health/live"] {
+            let request = Request::builder()
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .expect("a request");
+            app.clone().oneshot(request).await.expect("infallible");
+        }
+
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let served: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
+            .filter(|line| line["message"] == "request served")
+            .collect();
+        assert_eq!(served.len(), 2, "{text}");
+        let (ok, broken) = (&served[0], &served[1]);
+        assert_eq!(
+            (ok["status"].as_u64(), ok["level"].as_str()),
+            (Some(200), Some("INFO"))
+        );
+        assert_eq!(
+            (broken["status"].as_u64(), broken["level"].as_str()),
+            (Some(502), Some("WARN"))
+        );
+        assert!(
+            ok["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{ok}"
+        );
+        assert_eq!(ok["span"]["path"], "/ok");
+        assert_eq!(broken["span"]["path"], "/broken");
+        for line in [ok, broken] {
+            // The server gave the request an id and a trace; the line carries both.
+            assert_eq!(
+                line["span"]["request_id"].as_str().map(str::len),
+                Some(36),
+                "{line}"
+            );
+            assert_eq!(
+                line["span"]["trace_id"].as_str().map(str::len),
+                Some(32),
+                "{line}"
+            );
         }
     }
 }
