@@ -7,16 +7,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
-use futures_util::future::BoxFuture;
 use http::Method;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
 
 /// Latency buckets in seconds, from 1 ms to 10 s: enough resolution for p50/p99 of a local service.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -148,11 +150,10 @@ pub struct Red<S> {
 impl<S> tower::Service<Request> for Red<S>
 where
     S: tower::Service<Request, Response = Response>,
-    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = Answered<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -165,19 +166,46 @@ where
             route.as_ref().map_or("unmatched", MatchedPath::as_str),
         ));
         let started = Instant::now();
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let result = answer.await;
-            drop(in_flight);
-            if let Ok(response) = &result {
-                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-                let (requests, duration) =
-                    answered_handles(route, &method, response.status().as_u16());
-                requests.increment(1);
-                duration.record(started.elapsed().as_secs_f64());
-            }
-            result
-        })
+        Answered {
+            answer: self.inner.call(request),
+            route,
+            method,
+            in_flight: Some(in_flight),
+            started,
+        }
+    }
+}
+
+pin_project! {
+    /// A request's answer; counted when it is ready (a plain future: no box per request).
+    pub struct Answered<F> {
+        #[pin]
+        answer: F,
+        route: Option<MatchedPath>,
+        method: Method,
+        in_flight: Option<InFlight>,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for Answered<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.answer.poll(cx));
+        this.in_flight.take();
+        if let Ok(response) = &result {
+            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let (requests, duration) =
+                answered_handles(route, this.method, response.status().as_u16());
+            requests.increment(1);
+            duration.record(this.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(result)
     }
 }
 
