@@ -257,4 +257,42 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn an_answer_is_counted_once_and_an_abandoned_request_leaves_the_in_flight_count() {
+        use tower::{Layer, Service};
+
+        let recorder = PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            let mut answered = RedLayer.layer(tower::service_fn(|_: Request| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                    axum::body::Body::empty(),
+                )))
+            }));
+            let mut hanging = RedLayer.layer(tower::service_fn(|_: Request| {
+                std::future::pending::<Result<Response, std::convert::Infallible>>()
+            }));
+            let request = || Request::new(axum::body::Body::empty());
+            let abandoned = hanging.call(request());
+            let pending = recorder.handle().render();
+            assert!(
+                pending.contains(r#"http_requests_in_flight{route="unmatched"} 1"#),
+                "{pending}"
+            );
+            drop(abandoned);
+            let answer = futures_util::FutureExt::now_or_never(answered.call(request()));
+            assert!(answer.is_some_and(|r| r.is_ok()));
+            let text = recorder.handle().render();
+            assert!(
+                text.contains(r#"http_requests_in_flight{route="unmatched"} 0"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    r#"http_requests_total{method="GET",route="unmatched",status="200"} 1"#
+                ),
+                "{text}"
+            );
+        });
+    }
 }
