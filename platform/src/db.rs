@@ -105,6 +105,15 @@ pub async fn connect(config: &DbConfig) -> anyhow::Result<PgPool> {
     }
 }
 
+/// Where [`Pools::read_primary_else_replica`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Strong: every acknowledged write is visible.
+    Primary,
+    /// Eventual: a replica under the lag limit, while the primary could not be had.
+    Replica,
+}
+
 /// A service's pools when it also reads in the eventual model: writes and strong reads go to
 /// [`Pools::primary`]; [`Pools::eventual`] is a lagging-but-bounded replica on a cluster and the same
 /// single pool otherwise, so callers need not know which they run on.
@@ -122,6 +131,7 @@ impl Pools {
     pub async fn connect(config: &DbConfig) -> anyhow::Result<Pools> {
         if is_multi_host(&config.url) {
             let cluster = cluster::ClusterPool::connect(config).await?;
+            metrics::counter!("bookstore_pg_replica_fallback_reads_total").increment(0);
             return Ok(Pools {
                 primary: cluster.primary().clone(),
                 cluster: Some(cluster),
@@ -188,6 +198,36 @@ impl Pools {
             }
         }
         Err(last)
+    }
+
+    /// Runs `read` on the primary — strong: it sees every acknowledged write — and, when the
+    /// primary cannot be had (no primary answers the probe, or the connection to it is lost: a
+    /// failover in progress), in the eventual model on a replica under the lag limit
+    /// ([`Pools::read_eventually`]). The answer says which, so a caller can decline to cache an
+    /// eventual answer. For data whose readers tolerate bounded staleness while the primary is
+    /// away (browsing the catalog), not for money or stock.
+    pub async fn read_primary_else_replica<T, F, Fut>(
+        &self,
+        mut read: F,
+    ) -> Result<(T, ReadFrom), sqlx::Error>
+    where
+        F: FnMut(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let Some(cluster) = &self.cluster else {
+            return Ok((read(self.primary.clone()).await?, ReadFrom::Primary));
+        };
+        if !cluster.topology().writes_refused {
+            match read(self.primary.clone()).await {
+                Ok(value) => return Ok((value, ReadFrom::Primary)),
+                Err(err) if retry::classify(&err) == retry::ErrorClass::ConnectionLost => {
+                    tracing::warn!(error = %err, "the primary is out of reach; reading a replica");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        metrics::counter!("bookstore_pg_replica_fallback_reads_total").increment(1);
+        Ok((self.read_eventually(read).await?, ReadFrom::Replica))
     }
 
     /// Readiness: on a single server, the database answers a trivial query; on a cluster, the

@@ -158,8 +158,10 @@ fn assert_failover_invariants(seen: &Seen) {
     );
 }
 
-/// A customer's stream of strong writes (top-ups, one after another) and eventual reads (their
-/// messages, read from a replica) running in the background until [`Traffic::stop`].
+/// A customer's stream of strong writes (top-ups, one after another) and reads that must go on
+/// while there is no primary — their messages (read from a replica) and catalog reads that miss
+/// the cache (read from the primary, and from a replica while no primary can be had) — running in
+/// the background until [`Traffic::stop`].
 struct Traffic {
     seen: Shared,
     stop: Arc<AtomicBool>,
@@ -188,13 +190,29 @@ impl Traffic {
             Ok(())
         });
         let (reading, shared) = (stop.clone(), seen.clone());
-        let url = format!("{gateway}/api/customers/{id}/messages?limit=5");
+        let messages = format!("{gateway}/api/customers/{id}/messages?limit=5");
+        let catalog = format!("{gateway}/api/books");
         let token = token.to_owned();
         tasks.spawn(async move {
             let http = client();
+            let mut n: u64 = 0;
             while !reading.load(Ordering::Relaxed) {
-                let failure = match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status() == StatusCode::OK => None,
+                n += 1;
+                // In turn: the customer's messages, then catalog reads no cache can answer (a book
+                // that does not exist, a search never made before), which must reach a database.
+                let (request, expected) = match n % 3 {
+                    0 => (http.get(&messages).bearer_auth(&token), StatusCode::OK),
+                    1 => (
+                        http.get(format!("{catalog}/00000000-0000-4000-8000-{n:012x}")),
+                        StatusCode::NOT_FOUND,
+                    ),
+                    _ => (
+                        http.get(format!("{catalog}?search=nosuchword{n}&limit=1")),
+                        StatusCode::OK,
+                    ),
+                };
+                let failure = match request.send().await {
+                    Ok(r) if r.status() == expected => None,
                     Ok(r) => Some(format!("{}: {}", r.status(), r.text().await?)),
                     Err(e) => Some(format!("{e:#}")),
                 };

@@ -130,8 +130,9 @@ impl Application {
                     self.cache.clone(),
                     cache::checkout::invalidate_after_commit,
                 ));
-        let mut state =
-            AppState::new(self.pool.clone(), self.verifier.clone()).with_cache(self.cache.clone());
+        let mut state = AppState::new(self.pool.clone(), self.verifier.clone())
+            .with_cache(self.cache.clone())
+            .with_pools(self.pools.clone());
         if self.ratings.write_through {
             state = state.with_ratings_written_through();
         }

@@ -124,7 +124,7 @@ impl BookCache {
     /// instance), filling the cache when that is safe.
     pub async fn book<F>(&self, id: Uuid, load: F) -> Result<Option<CachedBook>, ApiError>
     where
-        F: FnOnce() -> BoxFuture<'static, Result<Option<CachedBook>, sqlx::Error>> + Send,
+        F: FnOnce() -> BoxFuture<'static, Result<Loaded<Option<CachedBook>>, sqlx::Error>> + Send,
     {
         let key = book_key(id);
         let looked_at = Instant::now();
@@ -143,8 +143,11 @@ impl BookCache {
             .run(&flight_key, move || {
                 let loading = load();
                 Box::pin(async move {
-                    let found = loading.await.map_err(Arc::new)?;
-                    if fill && this.fill_is_safe(looked_at) {
+                    let Loaded {
+                        value: found,
+                        cacheable,
+                    } = loading.await.map_err(Arc::new)?;
+                    if fill && cacheable && this.fill_is_safe(looked_at) {
                         let (bytes, ttl) = match &found {
                             Some(book) => (encode_book(book), this.jittered(this.book_ttl())),
                             None => (
@@ -165,14 +168,14 @@ impl BookCache {
     /// answer), from the cache or from `load`.
     pub async fn list_page<F>(&self, canonical: &str, load: F) -> Result<Arc<[u8]>, ApiError>
     where
-        F: FnOnce() -> BoxFuture<'static, Result<Arc<[u8]>, sqlx::Error>> + Send,
+        F: FnOnce() -> BoxFuture<'static, Result<Loaded<Arc<[u8]>>, sqlx::Error>> + Send,
     {
         if !self.cache.is_enabled() {
-            return load().await.map_err(ApiError::from);
+            return Ok(load().await?.value);
         }
         let looked_at = Instant::now();
         let Some(token) = self.list_token().await else {
-            return load().await.map_err(ApiError::from);
+            return Ok(load().await?.value);
         };
         let key = format!("books:v1:list:{token}:{}", hex_sha256(canonical));
         let lookup = self.cache.get(&key).await;
@@ -187,8 +190,11 @@ impl BookCache {
             .run(&flight_key, move || {
                 let loading = load();
                 Box::pin(async move {
-                    let page = loading.await.map_err(Arc::new)?;
-                    if fill && this.fill_is_safe(looked_at) {
+                    let Loaded {
+                        value: page,
+                        cacheable,
+                    } = loading.await.map_err(Arc::new)?;
+                    if fill && cacheable && this.fill_is_safe(looked_at) {
                         let ttl = this.jittered(this.list_ttl());
                         this.cache.fill(&key, &page, ttl).await;
                     }
@@ -204,7 +210,7 @@ impl BookCache {
     /// never reused.
     pub async fn book_is_live<F>(&self, id: Uuid, load: F) -> Result<bool, ApiError>
     where
-        F: FnOnce() -> BoxFuture<'static, Result<bool, sqlx::Error>> + Send,
+        F: FnOnce() -> BoxFuture<'static, Result<Loaded<bool>, sqlx::Error>> + Send,
     {
         let key = format!("{LIVE_PREFIX}{id}");
         let looked_at = Instant::now();
@@ -215,14 +221,18 @@ impl BookCache {
             _ => {}
         }
         // A cached book (or "no such book") answers too, e.g. while the database is away.
-        let live = match self.cache.get(&book_key(id)).await {
-            Lookup::Hit(bytes) => match decode_book(&bytes) {
-                Some(found) => found.is_some(),
-                None => load().await.map_err(ApiError::from)?,
-            },
-            _ => load().await.map_err(ApiError::from)?,
+        let cached = match self.cache.get(&book_key(id)).await {
+            Lookup::Hit(bytes) => decode_book(&bytes).map(|found| found.is_some()),
+            _ => None,
         };
-        if matches!(lookup, Lookup::Miss) && self.fill_is_safe(looked_at) {
+        let Loaded {
+            value: live,
+            cacheable,
+        } = match cached {
+            Some(live) => Loaded::cacheable(live),
+            None => load().await?,
+        };
+        if matches!(lookup, Lookup::Miss) && cacheable && self.fill_is_safe(looked_at) {
             let (value, ttl) = if live {
                 (b"1", self.jittered(self.book_ttl()))
             } else {
@@ -303,6 +313,32 @@ impl BookCache {
         let jitter = self.settings.ttl_jitter.clamp(0.0, 0.9);
         let factor = 1.0 + rand::rng().random_range(-jitter..=jitter);
         ttl.mul_f64(factor)
+    }
+}
+
+/// A value read from the database for the cache, and whether it may be stored. An answer read
+/// from a replica while the primary was out of reach ([`platform::db::Pools::read_primary_else_replica`])
+/// is served but not stored: it may lag a write whose tombstone has already expired.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub value: T,
+    pub cacheable: bool,
+}
+
+impl<T> Loaded<T> {
+    pub fn cacheable(value: T) -> Loaded<T> {
+        Loaded {
+            value,
+            cacheable: true,
+        }
+    }
+
+    /// The value turned into what is cached (encoding may fail), keeping whether it may be.
+    pub fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Loaded<U>, E> {
+        Ok(Loaded {
+            value: f(self.value)?,
+            cacheable: self.cacheable,
+        })
     }
 }
 

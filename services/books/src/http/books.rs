@@ -103,28 +103,36 @@ async fn list_books(
         page.limit
     ])
     .to_string();
-    let pool = state.pool.clone();
     let limit = page.limit;
+    let reader = state.clone();
     let body = state
         .cache
         .list_page(&canonical, move || {
             Box::pin(async move {
-                let rows = sqlx::query_as::<_, BookRow>(LIST_BOOKS)
-                    // An unnamed statement is planned for the actual parameters each time; a
-                    // cached one would drift to a generic plan, where `$3 IS NULL OR search @@ …`
-                    // cannot use the indexes.
-                    .persistent(false)
-                    .bind(filter.author())
-                    .bind(filter.genre())
-                    .bind(filter.search_text())
-                    .bind(filter.search_prefixes())
-                    .bind(after.as_ref().map(|(title, _)| title.as_str()))
-                    .bind(after.as_ref().map(|(_, id)| *id))
-                    .bind(limit + 1)
-                    .fetch_all(&pool)
-                    .await?;
-                let page = Page::from_rows(rows, limit, |row| (row.title.clone(), row.id));
-                to_json(&page.map(Book::from))
+                let read = reader.read_catalog(|pool| {
+                    let (filter, after) = (&filter, &after);
+                    async move {
+                        sqlx::query_as::<_, BookRow>(LIST_BOOKS)
+                            // An unnamed statement is planned for the actual parameters each time; a
+                            // cached one would drift to a generic plan, where `$3 IS NULL OR search @@ …`
+                            // cannot use the indexes.
+                            .persistent(false)
+                            .bind(filter.author())
+                            .bind(filter.genre())
+                            .bind(filter.search_text())
+                            .bind(filter.search_prefixes())
+                            .bind(after.as_ref().map(|(title, _)| title.as_str()))
+                            .bind(after.as_ref().map(|(_, id)| *id))
+                            .bind(limit + 1)
+                            .fetch_all(&pool)
+                            .await
+                    }
+                });
+                let rows = read.await?;
+                rows.try_map(|rows| {
+                    let page = Page::from_rows(rows, limit, |row| (row.title.clone(), row.id));
+                    to_json(&page.map(Book::from))
+                })
             })
         })
         .await?;
@@ -145,17 +153,21 @@ async fn get_book(
 /// Whether book `id` is live, through the cache: all a rating needs to know (see
 /// [`BookCache::book_is_live`]).
 pub(super) async fn book_is_live(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
-    let pool = state.pool.clone();
+    let reader = state.clone();
     state
         .cache
         .book_is_live(id, move || {
             Box::pin(async move {
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM books WHERE id = $1 AND deleted_at IS NULL)",
-                )
-                .bind(id)
-                .fetch_one(&pool)
-                .await
+                reader
+                    .read_catalog(|pool| async move {
+                        sqlx::query_scalar(
+                            "SELECT EXISTS (SELECT 1 FROM books WHERE id = $1 AND deleted_at IS NULL)",
+                        )
+                        .bind(id)
+                        .fetch_one(&pool)
+                        .await
+                    })
+                    .await
             })
         })
         .await
@@ -163,20 +175,22 @@ pub(super) async fn book_is_live(state: &AppState, id: Uuid) -> Result<bool, Api
 
 /// A live book through the cache (see [`get_book`]); `None` when there is no such book.
 pub(super) async fn find_book(state: &AppState, id: Uuid) -> Result<Option<CachedBook>, ApiError> {
-    let pool = state.pool.clone();
+    let reader = state.clone();
     state
         .cache
         .book(id, move || {
             Box::pin(async move {
-                let row = sqlx::query_as::<_, BookRow>(concat!(
-                    "SELECT ",
-                    book_columns!(),
-                    " FROM books WHERE id = $1 AND deleted_at IS NULL"
-                ))
-                .bind(id)
-                .fetch_optional(&pool)
-                .await?;
-                row.map(cached).transpose()
+                let read = reader.read_catalog(|pool| async move {
+                    sqlx::query_as::<_, BookRow>(concat!(
+                        "SELECT ",
+                        book_columns!(),
+                        " FROM books WHERE id = $1 AND deleted_at IS NULL"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+                });
+                read.await?.try_map(|row| row.map(cached).transpose())
             })
         })
         .await

@@ -12,15 +12,18 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRef;
 use platform::auth::TokenVerifier;
+use platform::db::{Pools, ReadFrom};
 use sqlx::PgPool;
 
-use crate::cache::BookCache;
+use crate::cache::{BookCache, Loaded};
 use crate::ratings::RatingStream;
 
 /// What handlers share. Cheap to clone (the pool and the verifier are reference-counted).
 #[derive(Clone)]
 pub struct AppState {
     pool: PgPool,
+    /// Where catalog reads go while the primary is out of reach; without it, the primary only.
+    pools: Option<Pools>,
     verifier: Arc<TokenVerifier>,
     cache: BookCache,
     ratings: Option<Arc<RatingStream>>,
@@ -33,6 +36,7 @@ impl AppState {
     pub fn new(pool: PgPool, verifier: Arc<TokenVerifier>) -> AppState {
         AppState {
             pool,
+            pools: None,
             verifier,
             cache: BookCache::disabled(),
             ratings: None,
@@ -57,8 +61,34 @@ impl AppState {
         self
     }
 
+    /// Catalog reads fall back to a replica while the primary is out of reach (see
+    /// [`AppState::read_catalog`]).
+    pub fn with_pools(mut self, pools: Pools) -> AppState {
+        self.pools = Some(pools);
+        self
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Reads catalog data for the cache: from the primary, strong, so an answer after a write
+    /// shows it; while the primary is out of reach (a failover), from a replica under the lag
+    /// limit — browsing goes on, and the answer, eventual, is not cached ([`Loaded`]).
+    pub async fn read_catalog<T, F, Fut>(&self, read: F) -> Result<Loaded<T>, sqlx::Error>
+    where
+        F: FnMut(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let Some(pools) = &self.pools else {
+            let mut read = read;
+            return Ok(Loaded::cacheable(read(self.pool.clone()).await?));
+        };
+        let (value, from) = pools.read_primary_else_replica(read).await?;
+        Ok(Loaded {
+            value,
+            cacheable: from == ReadFrom::Primary,
+        })
     }
 
     pub fn cache(&self) -> &BookCache {

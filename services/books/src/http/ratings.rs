@@ -109,33 +109,37 @@ async fn top_books(
                 ))
             })?,
     };
-    let pool = state.pool().clone();
+    let reader = state.clone();
     let body = state
         .cache()
         .list_page(&format!("top:{limit}"), move || {
             Box::pin(async move {
-                let rows = sqlx::query_as::<_, BookRow>(concat!(
-                    "SELECT ",
-                    book_columns!(),
-                    " FROM books WHERE deleted_at IS NULL AND rating_count > 0
+                let read = reader.read_catalog(|pool| async move {
+                    sqlx::query_as::<_, BookRow>(concat!(
+                        "SELECT ",
+                        book_columns!(),
+                        " FROM books WHERE deleted_at IS NULL AND rating_count > 0
                       ORDER BY rating_sum::float8 / rating_count DESC, rating_count DESC, id
                       LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(&pool)
-                .await?;
-                let items: Vec<TopItem> = rows
-                    .into_iter()
-                    .map(|row| {
-                        let book = Book::from(row);
-                        TopItem {
-                            average: book.rating.average,
-                            count: book.rating.count,
-                            book,
-                        }
-                    })
-                    .collect();
-                to_json(&json!({ "items": items }))
+                    ))
+                    .bind(limit)
+                    .fetch_all(&pool)
+                    .await
+                });
+                read.await?.try_map(|rows| {
+                    let items: Vec<TopItem> = rows
+                        .into_iter()
+                        .map(|row| {
+                            let book = Book::from(row);
+                            TopItem {
+                                average: book.rating.average,
+                                count: book.rating.count,
+                                book,
+                            }
+                        })
+                        .collect();
+                    to_json(&json!({ "items": items }))
+                })
             })
         })
         .await?;
