@@ -55,6 +55,17 @@ seeded_platform() {
   python3 bench/seed.py "$gateway" "$dir/secrets.json" "$BOOKS" "$CUSTOMERS" "$dir"
 }
 
+# pg_note <dir> <label>: appends "<label> <WAL bytes so far> <table>=<updates>/<HOT updates> …" of
+# the platform's primary to $out/pg.txt: the WAL each persisted rating cost, and whether the totals
+# updates were HOT (`books` held the totals before 0004, `book_rating_totals` after it).
+pg_note() {
+  PGPASSWORD=$(json_field "$1/secrets.json" postgres_superuser) psql -X -h 127.0.0.1 \
+    -p "$(json_field "$1/state.json" postgres_port)" -U postgres -d books -Atqc \
+    "SELECT '$2 ' || (pg_current_wal_lsn() - '0/0') || ' ' || coalesce(string_agg(relname || '='
+            || n_tup_upd || '/' || n_tup_hot_upd, ' ' ORDER BY relname), '')
+       FROM pg_stat_user_tables WHERE relname IN ('books', 'book_rating_totals')" >>"$out/pg.txt"
+}
+
 # load <name> <what>: warm-up, then the measured wrk run into $out/wrk-<name>.txt.
 load() {
   local name=$1 what=$2 dir=$3
@@ -63,6 +74,7 @@ load() {
   # The warm-up's ratings persisted first, so the measured CPU is the measured ratings'.
   [[ $name == behind ]] && wait_drained "$dir"
   python3 bench/cpu_split.py snapshot "$work/cpu-before.json" "$up_pid" "$work"
+  [[ $what == rate ]] && pg_note "$dir" "$name-start"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/ratings.lua "$gateway" -- \
     "$dir/tokens.txt" "$dir/books.txt" "$what" | tee "$out/wrk-$name.txt"
   python3 bench/cpu_split.py snapshot "$work/cpu-after.json" "$up_pid" "$work"
@@ -99,11 +111,13 @@ echo "drain_seconds=$(python3 -c "print(round($drain_end - $drain_start, 2))")" 
 # What persisting the accepted ratings cost, wherever it fell: the measured run plus the drain
 # (the persisters may fall behind during the run and finish after it).
 python3 bench/cpu_split.py snapshot "$work/cpu-drained.json" "$up_pid" "$work"
+pg_note "$work/behind" behind-end
 say "behind incl. drain: CPU per component from the start of the run until the stream was empty (ms/unit: per rating)"
 python3 bench/cpu_split.py diff "$work/cpu-before.json" "$work/cpu-drained.json" \
   "$(sed -n 's/.*202=\([0-9]*\).*/\1/p' "$out/wrk-behind.txt")" "$out/cpu-behind-drained.json" |
   tee "$out/cpu-behind-drained.txt"
 load cached read "$work/behind"
+pg_note "$work/behind" behind-stats # the counters of the persisters' last batches flushed by now
 
 # The storage paths alone, on the same servers: XADD of a rating-sized entry (redis-benchmark) vs
 # one INSERT per rating in its own transaction (pgbench), both at $CLIENTS connections.
@@ -129,7 +143,9 @@ stop_platform
 say "2/2: write-through and no cache (bookstore up --redis-nodes 0)"
 BOOKSTORE_BOOKS__RATINGS__WRITE_THROUGH=true seeded_platform "$work/through" --redis-nodes 0
 load through rate "$work/through"
+pg_note "$work/through" through-end
 load database read "$work/through"
+pg_note "$work/through" through-stats
 stop_platform
 
 python3 - "$out" "$DURATION" <<'PY'
@@ -173,6 +189,15 @@ xadd = float(re.search(r"([\d.]+) requests per second", open(out + "/xadd.txt").
 insert = float(re.search(r"^tps = ([\d.]+)", open(out + "/insert.txt").read(), re.M).group(1))
 r["storage"] = {"xadd_per_s": xadd, "insert_tx_per_s": insert}
 print("storage alone: XADD %.0f/s, one INSERT per transaction %.0f/s: %.2fx" % (xadd, insert, xadd / max(insert, 1e-9)))
+notes = {l.split()[0]: l.split()[1:] for l in open(out + "/pg.txt") if l.strip()}
+r["postgres"] = {}
+for name in ("behind", "through"):
+    wal = int(notes[name + "-end"][0]) - int(notes[name + "-start"][0])
+    tables = dict(t.split("=") for t in notes[name + "-stats"][1:])
+    r["postgres"][name] = {"wal_bytes_per_rating": wal / max(r[name]["ok"], 1), "updates_hot": tables}
+    print("PostgreSQL, %-7s WAL %.0f bytes per rating%s; updates/HOT updates since start: %s" % (
+        name, wal / max(r[name]["ok"], 1), " (incl. drain)" if name == "behind" else "",
+        ", ".join("%s %s" % kv for kv in tables.items())))
 json.dump(r, open(out + "/results.json", "w"), indent=2)
 print("results: %s/results.json" % out)
 PY

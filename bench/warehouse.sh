@@ -28,8 +28,9 @@ CONF
 trap '"${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null; rm -rf "$WORK"' EXIT
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 for db in books orders warehouse; do "${PSQL[@]}" -d postgres -c "CREATE DATABASE $db"; done
-for f in "$ROOT"/services/books/migrations/*.sql; do "${PSQL[@]}" -d books -f "$f"; done
-for f in "$ROOT"/services/orders/migrations/*.sql; do "${PSQL[@]}" -d orders -f "$f"; done
+# One transaction per file, as sqlx applies them (a migration may LOCK a table).
+for f in "$ROOT"/services/books/migrations/*.sql; do "${PSQL[@]}" -d books -1 -f "$f"; done
+for f in "$ROOT"/services/orders/migrations/*.sql; do "${PSQL[@]}" -d orders -1 -f "$f"; done
 
 ORDERS=$((LINES / 3)); BOOKS=$((LINES / 100 + 10)); CUSTOMERS=$((LINES / 50 + 10)); RATINGS=$((LINES / 10))
 echo "generating $LINES order lines ($ORDERS orders), $BOOKS books, $CUSTOMERS customers, $RATINGS ratings" >&2

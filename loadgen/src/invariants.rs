@@ -332,17 +332,23 @@ impl Databases {
 }
 
 impl Databases {
-    /// The persisters move a book's `rating_count`/`rating_sum` by each upsert's old and new stars,
-    /// in the batch's transaction: in any one snapshot they equal a recomputation from the rating
-    /// rows — so a replayed or claimed batch that counted twice shows here, even mid-backlog.
+    /// The persisters move a book's totals (`book_rating_totals`: `rating_count`, `rating_sum`) by
+    /// each upsert's old and new stars, in the batch's transaction: in any one snapshot they equal
+    /// a recomputation from the rating rows — so a replayed or claimed batch that counted twice
+    /// shows here, even mid-backlog. A book without a totals row (its ratings would be counted
+    /// nowhere) is an offender too.
     async fn rating_totals_match_rows(&self) -> anyhow::Result<Check> {
         let offenders: Vec<String> = sqlx::query_scalar(
-            "SELECT format('book %s: count %s, sum %s, the rows say %s, %s', b.id, b.rating_count,
-                           b.rating_sum, coalesce(r.count, 0), coalesce(r.sum, 0))
+            "SELECT format('book %s: count %s, sum %s, the rows say %s, %s', b.id,
+                           coalesce(t.rating_count::text, 'missing'),
+                           coalesce(t.rating_sum::text, 'missing'), coalesce(r.count, 0),
+                           coalesce(r.sum, 0))
                FROM books b
+               LEFT JOIN book_rating_totals t ON t.book_id = b.id
                LEFT JOIN (SELECT book_id, count(*) AS count, sum(stars) AS sum
                             FROM ratings GROUP BY book_id) r ON r.book_id = b.id
-              WHERE b.rating_count <> coalesce(r.count, 0) OR b.rating_sum <> coalesce(r.sum, 0)",
+              WHERE t.book_id IS NULL OR t.rating_count <> coalesce(r.count, 0)
+                 OR t.rating_sum <> coalesce(r.sum, 0)",
         )
         .fetch_all(&self.books)
         .await?;

@@ -193,8 +193,9 @@ async fn the_registry_killed_and_clocks_skewed_lose_nothing_the_command_reports_
     // A rating counted twice (what a replayed batch must never do).
     let tamper_totals = |delta: i64| {
         sqlx::query(
-            "UPDATE books SET rating_count = rating_count + $1, rating_sum = rating_sum + $1
-              WHERE id = $2::uuid",
+            "UPDATE book_rating_totals SET rating_count = rating_count + $1,
+                    rating_sum = rating_sum + $1
+              WHERE book_id = $2::uuid",
         )
         .bind(delta)
         .bind(book.clone())

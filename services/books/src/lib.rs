@@ -30,8 +30,9 @@ pub use http::{AppState, router};
 pub const SERVICE: &str = "books";
 
 /// The schema, embedded at compile time; applying it takes an advisory lock, so several instances
-/// starting at once migrate exactly once.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// starting at once migrate exactly once. Public so tests can build a database of an earlier
+/// version (`run_to`) and see [`Application::build`] migrate it.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Everything the catalog service reads at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

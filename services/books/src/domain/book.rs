@@ -4,16 +4,29 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The columns every statement returns, in one place so each maps onto [`BookRow`]. A macro because
-/// sqlx wants `&'static str` SQL, which `concat!` can build from literals only.
+/// The columns every statement returns, in one place so each maps onto [`BookRow`]: those of a
+/// book `b` and of its rating totals `t` (`book_rating_totals`, joined by [`with_totals`]; a book
+/// without a totals row reads as never rated). The book's `updated_at` is the later of the row's
+/// and its totals' (when a persisted rating last moved them), as when the totals lived on `books`.
+/// Macros because sqlx wants `&'static str` SQL, which `concat!` can build from literals only.
 macro_rules! book_columns {
     () => {
-        "id, isbn, title, author, genre, price_cents, stock, version, rating_count, rating_sum, updated_at"
+        "b.id, b.isbn, b.title, b.author, b.genre, b.price_cents, b.stock, b.version,
+         coalesce(t.rating_count, 0) AS rating_count, coalesce(t.rating_sum, 0) AS rating_sum,
+         greatest(b.updated_at, t.updated_at) AS updated_at"
     };
 }
 pub(crate) use book_columns;
 
-/// One row of `books` (never a deleted one: every read filters on `deleted_at IS NULL`).
+/// Joins the totals `t` of the books `b` (a table, or a `WITH b AS (… RETURNING *)`).
+macro_rules! with_totals {
+    () => {
+        " LEFT JOIN book_rating_totals t ON t.book_id = b.id "
+    };
+}
+pub(crate) use with_totals;
+
+/// One book with its rating totals (never a deleted one: every read filters on `deleted_at IS NULL`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BookRow {
     pub id: Uuid,

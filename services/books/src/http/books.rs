@@ -26,7 +26,7 @@ use super::AppState;
 use super::error::on_write;
 use super::etag::{IfMatch, MaybeIfMatch, etag};
 use crate::cache::CachedBook;
-use crate::domain::book::book_columns;
+use crate::domain::book::{book_columns, with_totals};
 use crate::domain::{Book, BookBody, BookFilter, BookRow, NewBook};
 
 /// The query string of the list, kept as text so that each bad value gets this API's own 400.
@@ -52,20 +52,26 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Keyset pagination: `(title, id) > cursor` (never OFFSET), so rows inserted before the cursor
-/// while a client walks the pages neither repeat nor hide anything after it.
+/// while a client walks the pages neither repeat nor hide anything after it. The page is chosen
+/// from `books` alone and only its rows are joined to their totals: with the join inside, the
+/// planner prefers walking the title index to sorting the few books of a rare author or genre
+/// (measured: 9 ms instead of 0.2 ms for 20 of 20 000 books).
 const LIST_BOOKS: &str = concat!(
     "SELECT ",
     book_columns!(),
-    " FROM books
-      WHERE deleted_at IS NULL
-        AND ($1::text IS NULL OR lower(author) = lower($1))
-        AND ($2::text IS NULL OR lower(genre) = lower($2))
-        AND ($3::text IS NULL
-             OR search @@ websearch_to_tsquery('simple', $3)
-             OR ($4::text IS NOT NULL AND search @@ to_tsquery('simple', $4)))
-        AND ($5::text IS NULL OR (title, id) > ($5, $6::uuid))
-      ORDER BY title, id
-      LIMIT $7"
+    " FROM (SELECT id, isbn, title, author, genre, price_cents, stock, version, updated_at
+              FROM books
+             WHERE deleted_at IS NULL
+               AND ($1::text IS NULL OR lower(author) = lower($1))
+               AND ($2::text IS NULL OR lower(genre) = lower($2))
+               AND ($3::text IS NULL
+                    OR search @@ websearch_to_tsquery('simple', $3)
+                    OR ($4::text IS NOT NULL AND search @@ to_tsquery('simple', $4)))
+               AND ($5::text IS NULL OR (title, id) > ($5, $6::uuid))
+             ORDER BY title, id
+             LIMIT $7) b",
+    with_totals!(),
+    "ORDER BY b.title, b.id"
 );
 
 async fn list_books(
@@ -184,7 +190,9 @@ pub(super) async fn find_book(state: &AppState, id: Uuid) -> Result<Option<Cache
                     sqlx::query_as::<_, BookRow>(concat!(
                         "SELECT ",
                         book_columns!(),
-                        " FROM books WHERE id = $1 AND deleted_at IS NULL"
+                        " FROM books b",
+                        with_totals!(),
+                        "WHERE b.id = $1 AND b.deleted_at IS NULL"
                     ))
                     .bind(id)
                     .fetch_optional(&pool)
@@ -202,11 +210,17 @@ async fn create_book(
     Json(body): Json<BookBody>,
 ) -> Result<Response, ApiError> {
     let book = NewBook::parse(&body).map_err(invalid)?;
+    // The statement's snapshot predates the totals row the insert's trigger adds: it reads as
+    // none, which a new book's totals are.
     let row = sqlx::query_as::<_, BookRow>(concat!(
-        "INSERT INTO books (id, isbn, title, author, genre, price_cents, stock)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         RETURNING ",
-        book_columns!()
+        "WITH b AS (
+             INSERT INTO books (id, isbn, title, author, genre, price_cents, stock)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING *)
+         SELECT ",
+        book_columns!(),
+        " FROM b",
+        with_totals!()
     ))
     .bind(Uuid::now_v7())
     .bind(book.isbn().as_str())
@@ -235,12 +249,16 @@ async fn update_book(
 ) -> Result<Response, ApiError> {
     let book = NewBook::parse(&body).map_err(invalid)?;
     let updated = sqlx::query_as::<_, BookRow>(concat!(
-        "UPDATE books
-            SET isbn = $3, title = $4, author = $5, genre = $6, price_cents = $7, stock = $8,
-                version = version + 1
-          WHERE id = $1 AND version = $2 AND deleted_at IS NULL
-          RETURNING ",
-        book_columns!()
+        "WITH b AS (
+             UPDATE books
+                SET isbn = $3, title = $4, author = $5, genre = $6, price_cents = $7, stock = $8,
+                    version = version + 1
+              WHERE id = $1 AND version = $2 AND deleted_at IS NULL
+              RETURNING *)
+         SELECT ",
+        book_columns!(),
+        " FROM b",
+        with_totals!()
     ))
     .bind(id)
     .bind(expected)

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::books::{book_is_live, json_body, not_found, to_json};
-use crate::domain::book::book_columns;
 use crate::domain::{Book, BookRow, NewRating, RatingBody};
+use crate::ratings::TOP_BOOKS;
 
 /// Longest leaderboard one request may ask for.
 const MAX_TOP: i64 = 100;
@@ -115,16 +115,10 @@ async fn top_books(
         .list_page(&format!("top:{limit}"), move || {
             Box::pin(async move {
                 let read = reader.read_catalog(|pool| async move {
-                    sqlx::query_as::<_, BookRow>(concat!(
-                        "SELECT ",
-                        book_columns!(),
-                        " FROM books WHERE deleted_at IS NULL AND rating_count > 0
-                      ORDER BY rating_sum::float8 / rating_count DESC, rating_count DESC, id
-                      LIMIT $1"
-                    ))
-                    .bind(limit)
-                    .fetch_all(&pool)
-                    .await
+                    sqlx::query_as::<_, BookRow>(TOP_BOOKS)
+                        .bind(limit)
+                        .fetch_all(&pool)
+                        .await
                 });
                 read.await?.try_map(|rows| {
                     let items: Vec<TopItem> = rows

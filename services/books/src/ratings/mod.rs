@@ -21,6 +21,20 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::domain::NewRating;
+use crate::domain::book::book_columns;
+
+/// The leaderboard (`GET /api/books/top`): the best-rated live books, highest average first, more
+/// ratings breaking ties; `$1` is how many. It walks `book_rating_totals_top_idx` (the index's
+/// expressions, in its order, under its predicate) and skips deleted books by the join. Public so
+/// a test can check that plan.
+pub const TOP_BOOKS: &str = concat!(
+    "SELECT ",
+    book_columns!(),
+    " FROM book_rating_totals t JOIN books b ON b.id = t.book_id
+      WHERE b.deleted_at IS NULL AND t.rating_count > 0
+      ORDER BY t.rating_sum::float8 / t.rating_count DESC, t.rating_count DESC, t.book_id
+      LIMIT $1"
+);
 
 /// Where the stream is and how the persister works it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

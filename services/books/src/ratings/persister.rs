@@ -232,25 +232,30 @@ impl Persister {
     }
 }
 
-/// Entries with their fields (an entry deleted while pending comes back without any: skipped here,
-/// and it is already gone from the stream).
-/// The books whose `rating_count`/`rating_sum` are not a recomputation from their rating rows,
-/// each described in one line, read in one statement (one snapshot). [`apply`] moves the totals by
-/// each upsert's old and new stars in the batch's transaction, so this is empty at every commit —
-/// replays and claims included, not only once the stream is drained. For tests and checks.
+/// The books whose totals (`book_rating_totals`) are not a recomputation from their rating rows,
+/// or that have no totals row (the persisters would not count their ratings), each described in
+/// one line, read in one statement (one snapshot). [`apply`] moves the totals by each upsert's old
+/// and new stars in the batch's transaction, so this is empty at every commit — replays and claims
+/// included, not only once the stream is drained. For tests and checks.
 pub async fn totals_off(db: &PgPool) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
-        "SELECT format('%s: count %s, sum %s; the rows say %s, %s', b.id, b.rating_count,
-                       b.rating_sum, coalesce(r.count, 0), coalesce(r.sum, 0))
+        "SELECT format('%s: count %s, sum %s; the rows say %s, %s', b.id,
+                       coalesce(t.rating_count::text, 'missing'),
+                       coalesce(t.rating_sum::text, 'missing'), coalesce(r.count, 0),
+                       coalesce(r.sum, 0))
            FROM books b
+           LEFT JOIN book_rating_totals t ON t.book_id = b.id
            LEFT JOIN (SELECT book_id, count(*) AS count, sum(stars) AS sum
                         FROM ratings GROUP BY book_id) r ON r.book_id = b.id
-          WHERE b.rating_count <> coalesce(r.count, 0) OR b.rating_sum <> coalesce(r.sum, 0)",
+          WHERE t.book_id IS NULL OR t.rating_count <> coalesce(r.count, 0)
+             OR t.rating_sum <> coalesce(r.sum, 0)",
     )
     .fetch_all(db)
     .await
 }
 
+/// Entries with their fields (an entry deleted while pending comes back without any: skipped here,
+/// and it is already gone from the stream).
 fn entries_of(reply: StreamReadReply) -> Vec<StreamId> {
     reply
         .keys
@@ -287,11 +292,14 @@ pub async fn persist(
 ///   was only slow — and an entry older than the stored one change nothing;
 /// - inside one batch only the latest entry per (customer, book) is kept, so a customer re-rating a
 ///   book twice in one batch counts once, with the later stars;
-/// - the old stars are read under the books' row locks, taken first, in id order (as checkout
-///   does, so the two never deadlock), by every writer of ratings: nobody else can change those
-///   ratings rows or totals until this transaction ends. The upsert is a second statement, so in
-///   READ COMMITTED its snapshot is taken *after* the locks are held and sees everything a
-///   persister that held them before committed (one statement doing both read an older snapshot).
+/// - the old stars are read under the locks of the books' totals rows (`book_rating_totals`,
+///   one per book, made with the book), taken first, in book id order (so two persisters never
+///   deadlock), by every writer of ratings: nobody else can change those ratings rows or totals
+///   until this transaction ends. The upsert is a second statement, so in READ COMMITTED its
+///   snapshot is taken *after* the locks are held and sees everything a persister that held them
+///   before committed (one statement doing both read an older snapshot). The `books` rows are
+///   neither locked nor written: checkout's stock locks and a batch of ratings never wait for
+///   each other.
 pub async fn apply(
     conn: &mut PgConnection,
     ratings: Vec<((i64, i64), StreamRating)>,
@@ -321,13 +329,17 @@ pub async fn apply(
     let mut books = cols.book.clone();
     books.sort();
     books.dedup();
-    // `version` is not bumped below: a rating is not an edit of the book, and must not make an
-    // admin's If-Match fail.
-    sqlx::query("SELECT id FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&books)
-        .execute(&mut *conn)
-        .await
-        .context("Failed to lock the rated books")?;
+    // The book's `version` does not move: a rating is not an edit of the book, and must not make
+    // an admin's If-Match fail. (Only a book that no longer exists has no totals row: its ratings
+    // are stored and move no totals, as before, when its `books` row was missing.)
+    sqlx::query(
+        "SELECT book_id FROM book_rating_totals WHERE book_id = ANY($1) ORDER BY book_id
+            FOR NO KEY UPDATE",
+    )
+    .bind(&books)
+    .execute(&mut *conn)
+    .await
+    .context("Failed to lock the rated books' totals")?;
     // All parts of one statement share its snapshot: `old` is the rows as they were before `up`
     // wrote them, whatever order PostgreSQL runs the parts in.
     sqlx::query(
@@ -354,10 +366,11 @@ pub async fn apply(
                     sum(up.stars - coalesce(old.stars, 0)) AS sum
                FROM up LEFT JOIN old USING (customer_id, book_id)
               GROUP BY up.book_id)
-         UPDATE books SET rating_count = rating_count + delta.count,
-                          rating_sum = rating_sum + delta.sum
+         UPDATE book_rating_totals t
+            SET rating_count = t.rating_count + delta.count,
+                rating_sum = t.rating_sum + delta.sum, updated_at = now()
            FROM delta
-          WHERE books.id = delta.book_id",
+          WHERE t.book_id = delta.book_id",
     )
     .bind(&cols.customer)
     .bind(&cols.book)

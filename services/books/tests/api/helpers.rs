@@ -69,6 +69,16 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Config)) -> TestApp {
         .service_database("books")
         .await
         .expect("create the books database");
+    spawn_app_on(pg, db_url, customise).await
+}
+
+/// Like [`spawn_app_with`], on a database the test prepared (the application applies whatever
+/// migrations it lacks).
+pub async fn spawn_app_on(
+    pg: TestPostgres,
+    db_url: String,
+    customise: impl FnOnce(&mut Config),
+) -> TestApp {
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".into();
     config.http.shutdown_grace_seconds = 1;

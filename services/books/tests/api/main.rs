@@ -12,5 +12,6 @@ mod rating_totals;
 mod ratings;
 mod read;
 mod search;
+mod totals_table;
 mod update;
 mod validation;

@@ -1,4 +1,4 @@
-//! The books' rating totals (`rating_count`, `rating_sum`) are maintained by the persisters'
+//! The books' rating totals (`book_rating_totals`) are maintained by the persisters'
 //! batches from each upsert's old and new stars, not recomputed — so they must stay exactly the
 //! rows' through everything that delivers an entry twice or out of order: a batch replayed after a
 //! crash between its commit and its `XACK`, an entry claimed from a persister that was only slow,
@@ -55,7 +55,7 @@ async fn books(n: u64) -> (TestApp, PgPool, Vec<Uuid>) {
 }
 
 async fn totals(db: &PgPool, book: Uuid) -> (i64, i64) {
-    sqlx::query_as("SELECT rating_count, rating_sum FROM books WHERE id = $1")
+    sqlx::query_as("SELECT rating_count, rating_sum FROM book_rating_totals WHERE book_id = $1")
         .bind(book)
         .fetch_one(db)
         .await
