@@ -119,9 +119,9 @@ async fn list_books(
                     let (filter, after) = (&filter, &after);
                     async move {
                         sqlx::query_as::<_, BookRow>(LIST_BOOKS)
-                            // An unnamed statement is planned for the actual parameters each time; a
-                            // cached one would drift to a generic plan, where `$3 IS NULL OR search @@ …`
-                            // cannot use the indexes.
+                            // An unnamed statement is planned for the actual parameters each
+                            // time; a cached one would drift to a generic plan, where
+                            // `$3 IS NULL OR search @@ …` cannot use the indexes.
                             .persistent(false)
                             .bind(filter.author())
                             .bind(filter.genre())
