@@ -244,6 +244,15 @@ impl From<sqlx::Error> for ApiError {
                 retry_after: 1,
             };
         }
+        if login_refused(&err) {
+            // Not the client's doing, and nothing it sent was lost: the database is unavailable
+            // to this service (a locked role, a rotated password) until an operator acts.
+            tracing::error!(error = %err, "the database refuses this service's login");
+            return ApiError::Unavailable {
+                detail: "the database is unavailable; try again later".into(),
+                retry_after: 5,
+            };
+        }
         ApiError::Internal(anyhow::Error::new(err).context("database query failed"))
     }
 }
@@ -253,6 +262,12 @@ impl From<sqlx::Error> for ApiError {
 /// failure and deadlock (40001, 40P01).
 pub fn is_transient(err: &sqlx::Error) -> bool {
     crate::db::retry::classify(err).is_retryable()
+}
+
+/// Whether the server refused the connection's login (SQLSTATE class 28: a role that may not log
+/// in, a wrong password).
+pub fn login_refused(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28")))
 }
 
 /// The name of a violated constraint, if `err` is one; lets handlers turn a known violation into 409/422.
