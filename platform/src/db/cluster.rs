@@ -15,10 +15,11 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::DbConfig;
+use super::acquire::{self, Fence};
 
 /// Run first in an eventual-model write transaction: the commit waits for the local WAL flush only.
 pub const EVENTUAL_COMMIT: &str = "SET LOCAL synchronous_commit = local";
@@ -88,12 +89,18 @@ struct Node {
     name: String,
     options: PgConnectOptions,
     readers: PgPool,
+    /// Raised when the member goes down or comes back: its read pool's older connections are
+    /// dropped unused ([`acquire`]).
+    fence: Fence,
 }
 
 /// The pool. Cheap to clone; the probe loop ends when the primary pool is closed.
 #[derive(Clone)]
 pub struct ClusterPool {
     primary: PgPool,
+    /// Raised whenever the primary pool is re-pointed (a failover, no primary, one back): the
+    /// connections made before are dropped unused ([`acquire`]).
+    primary_fence: Fence,
     nodes: Arc<Vec<Node>>,
     topology: Arc<RwLock<Topology>>,
     settings: ProbeSettings,
@@ -154,14 +161,18 @@ impl ClusterPool {
             let acquire = Duration::from_millis(config.acquire_timeout_ms)
                 .min(settings.connect_timeout)
                 .max(Duration::from_millis(1));
-            let readers = PgPoolOptions::new()
-                .max_connections(config.max_connections.div_ceil(2).max(1))
-                .acquire_timeout(acquire)
-                .connect_lazy_with(options.clone());
+            let fence = Fence::new();
+            let readers = acquire::pool_options(
+                config.max_connections.div_ceil(2).max(1),
+                acquire,
+                Some(fence.clone()),
+            )
+            .connect_lazy_with(options.clone());
             nodes.push(Node {
                 name,
                 options,
                 readers,
+                fence,
             });
         }
         let topology = Topology {
@@ -174,13 +185,17 @@ impl ClusterPool {
                 .collect(),
             ..Topology::default()
         };
-        let primary = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .after_connect(|conn, _| Box::pin(async move { refuse_standby(conn).await }))
-            .connect_lazy_with(nodes[0].options.clone());
+        let primary_fence = Fence::new();
+        let primary = acquire::pool_options(
+            config.max_connections,
+            Duration::from_millis(config.acquire_timeout_ms),
+            Some(primary_fence.clone()),
+        )
+        .after_connect(|conn, _| Box::pin(async move { refuse_standby(conn).await }))
+        .connect_lazy_with(nodes[0].options.clone());
         let pool = ClusterPool {
             primary,
+            primary_fence,
             nodes: Arc::new(nodes),
             topology: Arc::new(RwLock::new(topology)),
             settings,
@@ -328,8 +343,19 @@ impl ClusterPool {
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
         let newest = newest_lsn(&results, topology.newest_lsn);
         topology.newest_lsn = newest;
-        for (state, result) in topology.nodes.iter_mut().zip(&results) {
-            *state = node_state(&state.node, result.as_ref(), newest);
+        for ((state, result), node) in topology
+            .nodes
+            .iter_mut()
+            .zip(&results)
+            .zip(self.nodes.iter())
+        {
+            let new = node_state(&state.node, result.as_ref(), newest);
+            if new.up != state.up {
+                // Down: its connections are dead. Back: they died with it (a probe's own
+                // connection does not survive a restart, so a restart is always seen as down).
+                node.fence.raise();
+            }
+            *state = new;
         }
         self.route_writes(&mut topology);
         topology.probed_at = Some(tokio::time::Instant::now());
@@ -344,6 +370,7 @@ impl ClusterPool {
                 topology.writes_refused = true;
                 self.primary
                     .set_connect_options(self.nodes[0].options.clone().socket(NO_PRIMARY_SOCKET));
+                self.primary_fence.raise();
                 tracing::warn!(
                     "no primary answers: writes fail at once, eventual reads go to replicas"
                 );
@@ -362,6 +389,7 @@ impl ClusterPool {
         topology.writes_refused = false;
         self.primary
             .set_connect_options(self.nodes[new].options.clone());
+        self.primary_fence.raise();
     }
 }
 
