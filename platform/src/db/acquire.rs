@@ -6,9 +6,10 @@
 //!   pings each connection when it is *released* (and closes it if that fails), so a connection
 //!   idle for less than that answered a moment ago; under load every connection is.
 //! - drops, without a round trip, every connection made before its [`Fence`] was last raised: the
-//!   cluster pool raises it when the primary changes, stops answering or comes back, and a member's
-//!   read pool when the member goes down or comes back, so the connections to a server that died
-//!   are never handed out once the probe has noticed.
+//!   cluster pool's probe raises the primary pool's when the primary moves to another member (a
+//!   failover) and a pool's when the server it connects to restarted (its
+//!   `pg_postmaster_start_time()` changed), so connections to a server that died are not handed
+//!   out once the probe has noticed.
 //!
 //! What is left: a server that dies (or restarts) within [`PING_IDLE_AFTER`] of a connection's
 //! last use, before anything noticed. The statement on that connection fails with a lost

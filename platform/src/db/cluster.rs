@@ -12,6 +12,7 @@
 //! "unavailable, retry" promptly rather than timing out.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -89,17 +90,21 @@ struct Node {
     name: String,
     options: PgConnectOptions,
     readers: PgPool,
-    /// Raised when the member goes down or comes back: its read pool's older connections are
-    /// dropped unused ([`acquire`]).
+    /// Raised when the member's server restarted: its read pool's older connections are dropped
+    /// unused ([`acquire`]).
     fence: Fence,
+    /// The server's start time the last probe saw (`pg_postmaster_start_time()`, µs since the
+    /// epoch; 0 before the first answer): a change means a restart, which closed every connection.
+    started: AtomicI64,
 }
 
 /// The pool. Cheap to clone; the probe loop ends when the primary pool is closed.
 #[derive(Clone)]
 pub struct ClusterPool {
     primary: PgPool,
-    /// Raised whenever the primary pool is re-pointed (a failover, no primary, one back): the
-    /// connections made before are dropped unused ([`acquire`]).
+    /// Raised when the primary pool is re-pointed at another member (a failover) or the member it
+    /// points at restarted: the connections made before are dropped unused ([`acquire`]). Not
+    /// when the primary merely missed a probe round: its open connections keep serving.
     primary_fence: Fence,
     nodes: Arc<Vec<Node>>,
     topology: Arc<RwLock<Topology>>,
@@ -173,6 +178,7 @@ impl ClusterPool {
                 options,
                 readers,
                 fence,
+                started: AtomicI64::new(0),
             });
         }
         let topology = Topology {
@@ -343,19 +349,24 @@ impl ClusterPool {
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
         let newest = newest_lsn(&results, topology.newest_lsn);
         topology.newest_lsn = newest;
-        for ((state, result), node) in topology
+        let routed_to = topology.routed_to;
+        for (index, ((state, result), node)) in topology
             .nodes
             .iter_mut()
             .zip(&results)
             .zip(self.nodes.iter())
+            .enumerate()
         {
-            let new = node_state(&state.node, result.as_ref(), newest);
-            if new.up != state.up {
-                // Down: its connections are dead. Back: they died with it (a probe's own
-                // connection does not survive a restart, so a restart is always seen as down).
+            *state = node_state(&state.node, result.as_ref(), newest);
+            let Some(probe) = result else { continue };
+            let before = node.started.swap(probe.started_us, Ordering::AcqRel);
+            if before != 0 && before != probe.started_us {
+                // Restarted: every connection to it was closed.
                 node.fence.raise();
+                if routed_to == Some(index) {
+                    self.primary_fence.raise();
+                }
             }
-            *state = new;
         }
         self.route_writes(&mut topology);
         topology.probed_at = Some(tokio::time::Instant::now());
@@ -370,7 +381,6 @@ impl ClusterPool {
                 topology.writes_refused = true;
                 self.primary
                     .set_connect_options(self.nodes[0].options.clone().socket(NO_PRIMARY_SOCKET));
-                self.primary_fence.raise();
                 tracing::warn!(
                     "no primary answers: writes fail at once, eventual reads go to replicas"
                 );
@@ -381,6 +391,8 @@ impl ClusterPool {
             return;
         }
         if topology.routed_to.is_some_and(|old| old != new) {
+            // The connections to the old primary: dead, or to a server that is no primary.
+            self.primary_fence.raise();
             topology.failovers += 1;
             metrics::counter!("bookstore_pg_failovers_total").increment(1);
             tracing::warn!(primary = %self.nodes[new].name, "the primary changed; re-routing writes");
@@ -389,7 +401,6 @@ impl ClusterPool {
         topology.writes_refused = false;
         self.primary
             .set_connect_options(self.nodes[new].options.clone());
-        self.primary_fence.raise();
     }
 }
 
@@ -414,13 +425,16 @@ struct Probe {
     /// The replayed-transaction age while replay is behind what was received.
     behind_seconds: f64,
     passive: bool,
+    /// `pg_postmaster_start_time()` in µs since the epoch: a change is a restart.
+    started_us: i64,
 }
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::float8, \
     CASE WHEN pg_is_in_recovery() AND (pg_is_wal_replay_paused() OR pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()) \
          THEN COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8 ELSE 0 END, \
-    COALESCE(current_setting('bookstore.nofailover', true), '') = 'on'";
+    COALESCE(current_setting('bookstore.nofailover', true), '') = 'on', \
+    (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::int8";
 
 async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) -> Option<Probe> {
     if conn.is_none() {
@@ -429,14 +443,15 @@ async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) 
         *conn = connected.ok().and_then(Result::ok);
     }
     let live = conn.as_mut()?;
-    let row: Result<Result<(bool, f64, f64, bool), _>, _> =
+    let row: Result<Result<(bool, f64, f64, bool, i64), _>, _> =
         tokio::time::timeout(timeout, sqlx::query_as(PROBE_SQL).fetch_one(live)).await;
     match row {
-        Ok(Ok((in_recovery, lsn, behind_seconds, passive))) => Some(Probe {
+        Ok(Ok((in_recovery, lsn, behind_seconds, passive, started_us))) => Some(Probe {
             in_recovery,
             lsn: lsn as i64,
             behind_seconds,
             passive,
+            started_us,
         }),
         _ => {
             *conn = None;
@@ -527,6 +542,7 @@ mod tests {
             lsn: 900,
             behind_seconds: 0.5,
             passive: true,
+            started_us: 1,
         };
         let state = node_state("n", Some(&replica), Some(1000));
         assert_eq!(
@@ -540,6 +556,7 @@ mod tests {
             lsn: 1000,
             behind_seconds: 0.0,
             passive: false,
+            started_us: 1,
         };
         assert_eq!(node_state("n", Some(&primary), Some(1000)).lag_bytes, 0);
     }
@@ -550,6 +567,7 @@ mod tests {
             lsn,
             behind_seconds: 0.0,
             passive: false,
+            started_us: 1,
         })
     }
 
@@ -560,6 +578,7 @@ mod tests {
             lsn: 1000,
             behind_seconds: 0.0,
             passive: false,
+            started_us: 1,
         });
         // A primary answers: its position, whatever was known before.
         assert_eq!(
