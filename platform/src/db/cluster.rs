@@ -429,6 +429,9 @@ struct Probe {
     started_us: i64,
 }
 
+/// What [`PROBE_SQL`] returns, in its column order.
+type ProbeRow = (bool, f64, f64, bool, i64);
+
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::float8, \
     CASE WHEN pg_is_in_recovery() AND (pg_is_wal_replay_paused() OR pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()) \
@@ -443,7 +446,7 @@ async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) 
         *conn = connected.ok().and_then(Result::ok);
     }
     let live = conn.as_mut()?;
-    let row: Result<Result<(bool, f64, f64, bool, i64), _>, _> =
+    let row: Result<Result<ProbeRow, _>, _> =
         tokio::time::timeout(timeout, sqlx::query_as(PROBE_SQL).fetch_one(live)).await;
     match row {
         Ok(Ok((in_recovery, lsn, behind_seconds, passive, started_us))) => Some(Probe {
