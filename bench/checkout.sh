@@ -13,7 +13,8 @@
 # Knobs (environment): CLIENTS=32 (pgbench clients and wrk connections), DURATION=15 (seconds),
 # WARMUP=3, CUSTOMERS=64, BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built),
 # STATEMENT_CHECKOUTS=20 (sequential checkouts with every statement logged, after the measured runs,
-# counted by bench/statements.py; 0 skips them), BENCH_OUT=<dir> (raw outputs and results.json; a
+# counted by bench/statements.py, and every round trip the servers read during them, pool checks
+# included, counted by bench/round_trips.py from strace; 0 skips them), BENCH_OUT=<dir> (raw outputs and results.json; a
 # new /tmp directory by default), PG_NODES=1 (PostgreSQL members of the platform: 1 is one plain
 # server, as the baselines' scratch server is, so (b) and the checkout run on the same kind of
 # PostgreSQL; 5 is `up`'s default Patroni cluster with synchronous replication, whose commits also
@@ -113,6 +114,21 @@ if (( STATEMENT_CHECKOUTS > 0 )); then
   psql_super "SELECT pg_reload_conf()" && sleep 1
   offsets=()
   for log in "${pglogs[@]}"; do offsets+=("$log:$(stat -c %s "$log")"); done
+  # Every round trip, including the ones that run no statement (sqlx's pool checks: a bare Sync),
+  # as the server sees them: each read of a client message by a backend (a successful recvfrom),
+  # traced with strace on every postmaster of the platform and its backends (-f: new ones too).
+  tracer=
+  if command -v strace >/dev/null; then
+    pids=()
+    for pidfile in $(find "$work/platform" -name postmaster.pid); do
+      pm=$(head -n1 "$pidfile")
+      pids+=(-p "$pm")
+      for child in $(pgrep -P "$pm"); do pids+=(-p "$child"); done
+    done
+    strace -f -qq -e trace=recvfrom -e signal=none -o "$work/strace.txt" "${pids[@]}" 2>/dev/null &
+    tracer=$!
+    sleep 1
+  fi
   token=$(head -n1 "$work/tokens.txt")
   for i in $(seq 1 "$STATEMENT_CHECKOUTS"); do
     book=$(sed -n "${i}p" "$work/books.txt")
@@ -121,10 +137,19 @@ if (( STATEMENT_CHECKOUTS > 0 )); then
       -d "{\"mode\":\"2pc\",\"items\":[{\"book_id\":\"$book\",\"quantity\":1}]}"
   done
   sleep 1
+  if [[ -n $tracer ]]; then
+    # Which database each traced backend serves (backends of this phase are still connected).
+    psql_super "SELECT pid, datname FROM pg_stat_activity WHERE datname IS NOT NULL" >"$work/backends.txt"
+    kill -INT "$tracer" 2>/dev/null; wait "$tracer" 2>/dev/null || true
+  fi
   psql_super "ALTER SYSTEM RESET log_statement"
   psql_super "ALTER SYSTEM RESET log_line_prefix"
   psql_super "SELECT pg_reload_conf()"
   python3 bench/statements.py "$STATEMENT_CHECKOUTS" "${offsets[@]}" | tee "$out/statements.txt"
+  if [[ -n $tracer ]]; then
+    python3 bench/round_trips.py "$STATEMENT_CHECKOUTS" "$work/strace.txt" "$work/backends.txt" |
+      tee -a "$out/statements.txt"
+  fi
 fi
 
 python3 - "$out" <<'PY'

@@ -1,6 +1,7 @@
 //! The PostgreSQL pool. Start-up waits for the database (launch order must not matter), and the URL's
 //! password never reaches a log line.
 
+pub mod acquire;
 pub mod clock;
 pub mod cluster;
 pub mod retry;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
 /// The database part of a service's config.
 #[derive(Clone, Serialize, Deserialize)]
@@ -86,9 +87,11 @@ pub async fn connect(config: &DbConfig) -> anyhow::Result<PgPool> {
     }
     let options = PgConnectOptions::from_str(&config.url)
         .map_err(|e| anyhow::anyhow!("invalid database url {}: {e}", redact(&config.url)))?;
-    let pool_options = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms));
+    let pool_options = acquire::pool_options(
+        config.max_connections,
+        Duration::from_millis(config.acquire_timeout_ms),
+        None,
+    );
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(config.startup_timeout_seconds);
     loop {

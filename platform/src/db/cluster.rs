@@ -12,13 +12,15 @@
 //! "unavailable, retry" promptly rather than timing out.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::DbConfig;
+use super::acquire::{self, Fence};
 
 /// Run first in an eventual-model write transaction: the commit waits for the local WAL flush only.
 pub const EVENTUAL_COMMIT: &str = "SET LOCAL synchronous_commit = local";
@@ -88,12 +90,22 @@ struct Node {
     name: String,
     options: PgConnectOptions,
     readers: PgPool,
+    /// Raised when the member's server restarted: its read pool's older connections are dropped
+    /// unused ([`acquire`]).
+    fence: Fence,
+    /// The server's start time the last probe saw (`pg_postmaster_start_time()`, µs since the
+    /// epoch; 0 before the first answer): a change means a restart, which closed every connection.
+    started: AtomicI64,
 }
 
 /// The pool. Cheap to clone; the probe loop ends when the primary pool is closed.
 #[derive(Clone)]
 pub struct ClusterPool {
     primary: PgPool,
+    /// Raised when the primary pool is re-pointed at another member (a failover) or the member it
+    /// points at restarted: the connections made before are dropped unused ([`acquire`]). Not
+    /// when the primary merely missed a probe round: its open connections keep serving.
+    primary_fence: Fence,
     nodes: Arc<Vec<Node>>,
     topology: Arc<RwLock<Topology>>,
     settings: ProbeSettings,
@@ -154,14 +166,19 @@ impl ClusterPool {
             let acquire = Duration::from_millis(config.acquire_timeout_ms)
                 .min(settings.connect_timeout)
                 .max(Duration::from_millis(1));
-            let readers = PgPoolOptions::new()
-                .max_connections(config.max_connections.div_ceil(2).max(1))
-                .acquire_timeout(acquire)
-                .connect_lazy_with(options.clone());
+            let fence = Fence::new();
+            let readers = acquire::pool_options(
+                config.max_connections.div_ceil(2).max(1),
+                acquire,
+                Some(fence.clone()),
+            )
+            .connect_lazy_with(options.clone());
             nodes.push(Node {
                 name,
                 options,
                 readers,
+                fence,
+                started: AtomicI64::new(0),
             });
         }
         let topology = Topology {
@@ -174,13 +191,17 @@ impl ClusterPool {
                 .collect(),
             ..Topology::default()
         };
-        let primary = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .after_connect(|conn, _| Box::pin(async move { refuse_standby(conn).await }))
-            .connect_lazy_with(nodes[0].options.clone());
+        let primary_fence = Fence::new();
+        let primary = acquire::pool_options(
+            config.max_connections,
+            Duration::from_millis(config.acquire_timeout_ms),
+            Some(primary_fence.clone()),
+        )
+        .after_connect(|conn, _| Box::pin(async move { refuse_standby(conn).await }))
+        .connect_lazy_with(nodes[0].options.clone());
         let pool = ClusterPool {
             primary,
+            primary_fence,
             nodes: Arc::new(nodes),
             topology: Arc::new(RwLock::new(topology)),
             settings,
@@ -328,8 +349,24 @@ impl ClusterPool {
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
         let newest = newest_lsn(&results, topology.newest_lsn);
         topology.newest_lsn = newest;
-        for (state, result) in topology.nodes.iter_mut().zip(&results) {
+        let routed_to = topology.routed_to;
+        for (index, ((state, result), node)) in topology
+            .nodes
+            .iter_mut()
+            .zip(&results)
+            .zip(self.nodes.iter())
+            .enumerate()
+        {
             *state = node_state(&state.node, result.as_ref(), newest);
+            let Some(probe) = result else { continue };
+            let before = node.started.swap(probe.started_us, Ordering::AcqRel);
+            if before != 0 && before != probe.started_us {
+                // Restarted: every connection to it was closed.
+                node.fence.raise();
+                if routed_to == Some(index) {
+                    self.primary_fence.raise();
+                }
+            }
         }
         self.route_writes(&mut topology);
         topology.probed_at = Some(tokio::time::Instant::now());
@@ -354,6 +391,8 @@ impl ClusterPool {
             return;
         }
         if topology.routed_to.is_some_and(|old| old != new) {
+            // The connections to the old primary: dead, or to a server that is no primary.
+            self.primary_fence.raise();
             topology.failovers += 1;
             metrics::counter!("bookstore_pg_failovers_total").increment(1);
             tracing::warn!(primary = %self.nodes[new].name, "the primary changed; re-routing writes");
@@ -386,13 +425,19 @@ struct Probe {
     /// The replayed-transaction age while replay is behind what was received.
     behind_seconds: f64,
     passive: bool,
+    /// `pg_postmaster_start_time()` in µs since the epoch: a change is a restart.
+    started_us: i64,
 }
+
+/// What [`PROBE_SQL`] returns, in its column order.
+type ProbeRow = (bool, f64, f64, bool, i64);
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::float8, \
     CASE WHEN pg_is_in_recovery() AND (pg_is_wal_replay_paused() OR pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()) \
          THEN COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8 ELSE 0 END, \
-    COALESCE(current_setting('bookstore.nofailover', true), '') = 'on'";
+    COALESCE(current_setting('bookstore.nofailover', true), '') = 'on', \
+    (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::int8";
 
 async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) -> Option<Probe> {
     if conn.is_none() {
@@ -401,14 +446,15 @@ async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) 
         *conn = connected.ok().and_then(Result::ok);
     }
     let live = conn.as_mut()?;
-    let row: Result<Result<(bool, f64, f64, bool), _>, _> =
+    let row: Result<Result<ProbeRow, _>, _> =
         tokio::time::timeout(timeout, sqlx::query_as(PROBE_SQL).fetch_one(live)).await;
     match row {
-        Ok(Ok((in_recovery, lsn, behind_seconds, passive))) => Some(Probe {
+        Ok(Ok((in_recovery, lsn, behind_seconds, passive, started_us))) => Some(Probe {
             in_recovery,
             lsn: lsn as i64,
             behind_seconds,
             passive,
+            started_us,
         }),
         _ => {
             *conn = None;
@@ -499,6 +545,7 @@ mod tests {
             lsn: 900,
             behind_seconds: 0.5,
             passive: true,
+            started_us: 1,
         };
         let state = node_state("n", Some(&replica), Some(1000));
         assert_eq!(
@@ -512,6 +559,7 @@ mod tests {
             lsn: 1000,
             behind_seconds: 0.0,
             passive: false,
+            started_us: 1,
         };
         assert_eq!(node_state("n", Some(&primary), Some(1000)).lag_bytes, 0);
     }
@@ -522,6 +570,7 @@ mod tests {
             lsn,
             behind_seconds: 0.0,
             passive: false,
+            started_us: 1,
         })
     }
 
@@ -532,6 +581,7 @@ mod tests {
             lsn: 1000,
             behind_seconds: 0.0,
             passive: false,
+            started_us: 1,
         });
         // A primary answers: its position, whatever was known before.
         assert_eq!(

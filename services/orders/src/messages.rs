@@ -85,39 +85,87 @@ pub async fn record(conn: &mut PgConnection, event: &Event<'_>) -> Result<(), sq
     Ok(())
 }
 
+/// Several messages as columns, to be bound as seven arrays (`uuid[]` id, `uuid[]` customer,
+/// `text[]` kind, `uuid[]` source, `uuid[]` order, `bigint[]` amount, `text[]` text) of an
+/// `INSERT INTO messages … SELECT * FROM unnest(…) ON CONFLICT (source_id, kind) DO NOTHING`,
+/// alone or as part of a larger statement (the `place` branch writes its two with the order).
+pub struct Batch {
+    ids: Vec<Uuid>,
+    customers: Vec<Uuid>,
+    kinds: Vec<&'static str>,
+    sources: Vec<Uuid>,
+    orders: Vec<Option<Uuid>>,
+    amounts: Vec<Option<i64>>,
+    texts: Vec<String>,
+}
+
+impl Batch {
+    pub fn of(events: &[Event<'_>]) -> Batch {
+        let mut batch = Batch {
+            ids: Vec::with_capacity(events.len()),
+            customers: Vec::with_capacity(events.len()),
+            kinds: Vec::with_capacity(events.len()),
+            sources: Vec::with_capacity(events.len()),
+            orders: Vec::with_capacity(events.len()),
+            amounts: Vec::with_capacity(events.len()),
+            texts: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            batch.ids.push(Uuid::now_v7());
+            batch.customers.push(event.customer_id);
+            batch.kinds.push(event.kind.as_str());
+            batch.sources.push(event.source_id);
+            batch.orders.push(event.order_id);
+            batch.amounts.push(event.amount_cents);
+            batch
+                .texts
+                .push(event.kind.text(event.amount_cents, event.detail));
+        }
+        batch
+    }
+
+    /// Binds the seven arrays as the query's next parameters.
+    pub fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.customers)
+            .bind(self.kinds)
+            .bind(self.sources)
+            .bind(self.orders)
+            .bind(self.amounts)
+            .bind(self.texts)
+    }
+
+    /// [`Batch::bind`] for a query that returns one column.
+    pub fn bind_scalar<'q, O>(
+        self,
+        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.customers)
+            .bind(self.kinds)
+            .bind(self.sources)
+            .bind(self.orders)
+            .bind(self.amounts)
+            .bind(self.texts)
+    }
+}
+
 /// Writes several messages in the caller's transaction in one statement; like [`record`] for each.
 pub async fn record_all(conn: &mut PgConnection, events: &[Event<'_>]) -> Result<(), sqlx::Error> {
-    let mut ids = Vec::with_capacity(events.len());
-    let mut customers = Vec::with_capacity(events.len());
-    let mut kinds = Vec::with_capacity(events.len());
-    let mut sources = Vec::with_capacity(events.len());
-    let mut orders = Vec::with_capacity(events.len());
-    let mut amounts = Vec::with_capacity(events.len());
-    let mut texts = Vec::with_capacity(events.len());
-    for event in events {
-        ids.push(Uuid::now_v7());
-        customers.push(event.customer_id);
-        kinds.push(event.kind.as_str());
-        sources.push(event.source_id);
-        orders.push(event.order_id);
-        amounts.push(event.amount_cents);
-        texts.push(event.kind.text(event.amount_cents, event.detail));
-    }
-    sqlx::query(
-        "INSERT INTO messages (id, customer_id, kind, source_id, order_id, amount_cents, text)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
-                              $6::bigint[], $7::text[])
-         ON CONFLICT (source_id, kind) DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&customers)
-    .bind(&kinds)
-    .bind(&sources)
-    .bind(&orders)
-    .bind(&amounts)
-    .bind(&texts)
-    .execute(&mut *conn)
-    .await?;
+    Batch::of(events)
+        .bind(sqlx::query(
+            "INSERT INTO messages (id, customer_id, kind, source_id, order_id, amount_cents, text)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                                  $6::bigint[], $7::text[])
+             ON CONFLICT (source_id, kind) DO NOTHING",
+        ))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

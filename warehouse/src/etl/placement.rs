@@ -28,7 +28,7 @@ use platform::db::DbConfig;
 use platform::db::cluster::ClusterPool;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
 use super::watermark::Watermarks;
 
@@ -78,10 +78,12 @@ impl SourcePool {
             )
         })?;
         Ok(SourcePool::Single(
-            PgPoolOptions::new()
-                .max_connections(config.max_connections.clamp(1, 4))
-                .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-                .connect_lazy_with(options),
+            platform::db::acquire::pool_options(
+                config.max_connections.clamp(1, 4),
+                Duration::from_millis(config.acquire_timeout_ms),
+                None,
+            )
+            .connect_lazy_with(options),
         ))
     }
 

@@ -33,7 +33,7 @@ impl RunLock {
             .bind(LOCK_KEY)
             .execute(&mut *conn)
             .await
-            .context("Failed to take the ETL lock")?;
+            .context("Failed to take the ETL lock in the warehouse database")?;
         Ok(RunLock { conn })
     }
 

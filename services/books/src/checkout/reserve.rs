@@ -74,6 +74,8 @@ struct Locked {
     price_cents: i64,
     stock: i32,
     deleted: bool,
+    /// How many books the statement decremented (the same in every row).
+    taken: i64,
 }
 
 impl Branch for ReserveStock {
@@ -89,24 +91,51 @@ impl Branch for ReserveStock {
         Box::pin(async move {
             let reservation = Reservation::parse(payload)?;
             let (ids, quantities) = reservation.ids_and_quantities();
-            // In id order, so two checkouts of the same books queue instead of deadlocking.
+            let prices: Vec<i64> = reservation.items.iter().map(|i| i.price_cents).collect();
+            // One round trip: lock the books in id order (so two checkouts of the same books
+            // queue instead of deadlocking), and take the stock only if every line fits — known,
+            // not deleted, at the quoted price, enough stock. The rows come back as they were
+            // locked (before the decrement), for the refusal to name what is short; `taken` is
+            // how many books were decremented: all of them or none. A refusal rolls the
+            // participant's transaction back anyway.
             let rows: Vec<Locked> = sqlx::query_as(
-                "SELECT id, price_cents, stock, deleted_at IS NOT NULL AS deleted
-                 FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-            refuse_unless_available(&reservation, &rows)?;
-            sqlx::query(
-                "UPDATE books SET stock = stock - v.quantity, version = version + 1
-                 FROM unnest($1::uuid[], $2::int[]) AS v(id, quantity)
-                 WHERE books.id = v.id",
+                "WITH wanted AS (
+                     SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[])
+                         AS w(id, quantity, price_cents)
+                 ), locked AS MATERIALIZED (
+                     SELECT id, price_cents, stock, deleted_at IS NOT NULL AS deleted
+                     FROM books WHERE id = ANY($1) ORDER BY id FOR UPDATE
+                 ), fits AS (
+                     SELECT count(*) = cardinality($1::uuid[]) AS every_line
+                     FROM wanted w JOIN locked l USING (id)
+                     WHERE NOT l.deleted AND l.price_cents = w.price_cents
+                       AND l.stock >= w.quantity
+                 ), taken AS (
+                     UPDATE books SET stock = books.stock - w.quantity, version = books.version + 1
+                     FROM wanted w, fits
+                     WHERE fits.every_line AND books.id = w.id
+                     RETURNING books.id
+                 )
+                 SELECT id, price_cents, stock, deleted, (SELECT count(*) FROM taken) AS taken
+                 FROM locked",
             )
             .bind(&ids)
             .bind(&quantities)
-            .execute(&mut *conn)
+            .bind(&prices)
+            .fetch_all(&mut *conn)
             .await?;
+            refuse_unless_available(&reservation, &rows)?;
+            let taken = rows.first().map_or(0, |r| r.taken);
+            if usize::try_from(taken).ok() != Some(reservation.items.len()) {
+                // Cannot happen: every line was found available under its lock.
+                return Err(BranchError::Db(sqlx::Error::Decode(
+                    format!(
+                        "reserve took the stock of {taken} books, not {}",
+                        reservation.items.len()
+                    )
+                    .into(),
+                )));
+            }
             Ok(())
         })
     }

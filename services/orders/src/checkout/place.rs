@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::OrderMode;
-use crate::messages::{self, Event, Kind};
+use crate::messages::{self, Batch, Event, Kind};
 
 /// The branch payload, built by [`super::http`] from the customer's basket and the quoted prices.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,14 +71,18 @@ impl Branch for PlaceOrder {
     ) -> BoxFuture<'a, Result<(), BranchError>> {
         Box::pin(async move {
             let placement = Placement::parse(payload)?;
-            debit(conn, placement.customer_id, placement.total_cents).await?;
-            insert_order(conn, &placement).await?;
-            let events = [
-                order_event(&placement, Kind::OrderPlaced),
-                order_event(&placement, Kind::CreditDebited),
-            ];
-            messages::record_all(conn, &events).await?;
-            Ok(())
+            if place(conn, &placement).await? {
+                return Ok(());
+            }
+            // The guard kept the row: say why, or — a top-up landed in between — place it now,
+            // under the lock the read took.
+            refuse_unless_affordable(conn, placement.customer_id, placement.total_cents).await?;
+            if place(conn, &placement).await? {
+                return Ok(());
+            }
+            Err(BranchError::Db(sqlx::Error::Decode(
+                "the credit guard kept a customer whose locked credit covers the order".into(),
+            )))
         })
     }
 
@@ -118,24 +122,76 @@ impl Branch for PlaceOrder {
     }
 }
 
-/// Takes `total` from the customer's credit, or refuses with what is missing. One statement in the
-/// common case: the `UPDATE` locks the row and, at READ COMMITTED, re-checks its guard on the
-/// newest version, so two debits of one customer queue and neither can overdraw. When the guard
-/// keeps the row, the customer is locked and read to say why (or, if a top-up landed in between,
-/// debited after all).
-async fn debit(conn: &mut PgConnection, customer_id: Uuid, total: i64) -> Result<(), BranchError> {
-    let debited: Option<i64> = sqlx::query_scalar(
-        "UPDATE customers SET credit_cents = credit_cents - $2
-         WHERE id = $1 AND credit_cents >= $2
-         RETURNING credit_cents",
+/// The whole branch in one statement: debit `total` from the customer's credit, and only if that
+/// took — the guarded `UPDATE` locks the row and, at READ COMMITTED, re-checks its guard on the
+/// newest version, so two debits of one customer queue and neither can overdraw — insert the order,
+/// its lines and the two messages (order placed, credit debited). Returns whether it did; `false`
+/// changed nothing (unknown customer or short credit, see [`refuse_unless_affordable`]).
+///
+/// The order is stamped with the time its checkout was recorded (`checkouts.created_at`, `now()`
+/// for an order no checkout announced), as created and as last updated: the pending order shown
+/// before the commit already carries that time, and the checkout's answer can be made from its
+/// record without reading the order back (`super::http`). The foreign keys of the lines and the
+/// messages are checked at the end of the statement, after the order's insert.
+async fn place(conn: &mut PgConnection, placement: &Placement) -> Result<bool, BranchError> {
+    let (books, rest): (Vec<Uuid>, Vec<(i32, i64)>) = placement
+        .lines
+        .iter()
+        .map(|l| (l.book_id, (l.quantity, l.price_cents)))
+        .unzip();
+    let (quantities, prices): (Vec<i32>, Vec<i64>) = rest.into_iter().unzip();
+    let events = [
+        order_event(placement, Kind::OrderPlaced),
+        order_event(placement, Kind::CreditDebited),
+    ];
+    let query = sqlx::query_scalar::<_, i64>(
+        "WITH debit AS (
+             UPDATE customers SET credit_cents = credit_cents - $4
+             WHERE id = $2 AND credit_cents >= $4
+             RETURNING id
+         ),
+         stamp AS (
+             SELECT coalesce((SELECT created_at FROM checkouts WHERE order_id = $1), now()) AS at
+         ),
+         o AS (
+             INSERT INTO orders (id, customer_id, mode, status, total_cents, created_at, updated_at)
+             SELECT $1, $2, $3, 'committed', $4, stamp.at, stamp.at FROM stamp, debit
+         ),
+         l AS (
+             INSERT INTO order_lines (order_id, line_no, book_id, quantity, price_cents)
+             SELECT $1, l.line_no::int, l.book_id, l.quantity, l.price_cents
+             FROM debit, unnest($5::uuid[], $6::int[], $7::bigint[])
+                  WITH ORDINALITY AS l(book_id, quantity, price_cents, line_no)
+         ),
+         m AS (
+             INSERT INTO messages (id, customer_id, kind, source_id, order_id, amount_cents, text)
+             SELECT m.* FROM debit, unnest($8::uuid[], $9::uuid[], $10::text[], $11::uuid[],
+                                           $12::uuid[], $13::bigint[], $14::text[]) AS m
+             ON CONFLICT (source_id, kind) DO NOTHING
+         )
+         SELECT count(*) FROM debit",
     )
-    .bind(customer_id)
-    .bind(total)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if debited.is_some() {
-        return Ok(());
-    }
+    .bind(placement.order_id)
+    .bind(placement.customer_id)
+    .bind(placement.mode.as_str())
+    .bind(placement.total_cents)
+    .bind(&books)
+    .bind(&quantities)
+    .bind(&prices);
+    let placed = Batch::of(&events)
+        .bind_scalar(query)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(placed == 1)
+}
+
+/// After the guarded debit kept the row: locks and reads the customer to refuse an unknown one or
+/// short credit. `Ok` when the credit covers the order after all (a top-up landed in between).
+async fn refuse_unless_affordable(
+    conn: &mut PgConnection,
+    customer_id: Uuid,
+    total: i64,
+) -> Result<(), BranchError> {
     let balance: Option<i64> =
         sqlx::query_scalar("SELECT credit_cents FROM customers WHERE id = $1 FOR UPDATE")
             .bind(customer_id)
@@ -160,49 +216,6 @@ async fn debit(conn: &mut PgConnection, customer_id: Uuid, total: i64) -> Result
             .with("available_cents", balance),
         ));
     }
-    sqlx::query("UPDATE customers SET credit_cents = credit_cents - $2 WHERE id = $1")
-        .bind(customer_id)
-        .bind(total)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Inserts the order and its lines in one statement. The order is stamped with the time its
-/// checkout was recorded (`checkouts.created_at`, `now()` for an order no checkout announced), as
-/// created and as last updated: the pending order shown before the commit already carries that
-/// time, and the checkout's answer can be made from its record without reading the order back
-/// (`super::http`).
-async fn insert_order(conn: &mut PgConnection, placement: &Placement) -> Result<(), BranchError> {
-    let (books, rest): (Vec<Uuid>, Vec<(i32, i64)>) = placement
-        .lines
-        .iter()
-        .map(|l| (l.book_id, (l.quantity, l.price_cents)))
-        .unzip();
-    let (quantities, prices): (Vec<i32>, Vec<i64>) = rest.into_iter().unzip();
-    // The lines' foreign key is checked at the end of the statement, after the order's insert.
-    sqlx::query(
-        "WITH stamp AS (
-             SELECT coalesce((SELECT created_at FROM checkouts WHERE order_id = $1), now()) AS at
-         ),
-         o AS (
-             INSERT INTO orders (id, customer_id, mode, status, total_cents, created_at, updated_at)
-             SELECT $1, $2, $3, 'committed', $4, stamp.at, stamp.at FROM stamp
-         )
-         INSERT INTO order_lines (order_id, line_no, book_id, quantity, price_cents)
-         SELECT $1, l.line_no::int, l.book_id, l.quantity, l.price_cents
-         FROM unnest($5::uuid[], $6::int[], $7::bigint[])
-              WITH ORDINALITY AS l(book_id, quantity, price_cents, line_no)",
-    )
-    .bind(placement.order_id)
-    .bind(placement.customer_id)
-    .bind(placement.mode.as_str())
-    .bind(placement.total_cents)
-    .bind(&books)
-    .bind(&quantities)
-    .bind(&prices)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

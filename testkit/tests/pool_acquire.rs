@@ -1,0 +1,110 @@
+//! The pools' acquire check (`platform::db::acquire`) against a real PostgreSQL whose backends are
+//! terminated under an idle pool (what a server restart does to it): a connection idle for longer
+//! than `PING_IDLE_AFTER` is pinged and replaced before anyone sees it; one used just before is
+//! handed out unpinged, so its statement fails — as a lost connection, which callers retry or
+//! answer 503 — and the pool then recovers by itself.
+
+use std::time::Duration;
+
+use platform::db::DbConfig;
+use platform::db::acquire::PING_IDLE_AFTER;
+use platform::db::retry::{ErrorClass, classify};
+use sqlx::PgPool;
+use testkit::TestPostgres;
+
+const CONNECTIONS: u32 = 4;
+
+/// Fills the pool with `CONNECTIONS` idle connections and terminates their backends.
+async fn kill_idle_connections(pool: &PgPool, admin: &PgPool) -> anyhow::Result<()> {
+    let mut held = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut conn = pool.acquire().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await?;
+        pids.push(pid);
+        held.push(conn);
+    }
+    drop(held);
+    // Returned to the pool by spawned tasks (after sqlx's release check).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pool.num_idle(), CONNECTIONS as usize);
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest($1::int[]) AS pid",
+    )
+    .bind(&pids)
+    .fetch_one(admin)
+    .await?;
+    assert_eq!(killed, i64::from(CONNECTIONS));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dead_idle_connections_are_pinged_away_after_a_second_and_fail_once_as_lost_before()
+-> anyhow::Result<()> {
+    let pg = TestPostgres::start().await?;
+    let url = pg.service_database("shop").await?;
+    let admin = PgPool::connect(&pg.admin_url("postgres")).await?;
+    let pool = platform::db::connect(&DbConfig {
+        url,
+        max_connections: CONNECTIONS,
+        ..DbConfig::default()
+    })
+    .await?;
+
+    // Idle for longer than the threshold: every dead connection is noticed by the ping and
+    // replaced, so all four statements at once succeed at the first try.
+    kill_idle_connections(&pool, &admin).await?;
+    tokio::time::sleep(PING_IDLE_AFTER + Duration::from_millis(300)).await;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.1)")
+                    .fetch_one(&pool)
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await??,
+            1,
+            "a dead connection idle for over a second reached a caller"
+        );
+    }
+
+    // Used a moment ago: handed out without a ping. A statement on a dead one fails as a lost
+    // connection (never another kind of error), the connection is dropped, and within one
+    // failure per dead connection the pool serves again.
+    kill_idle_connections(&pool, &admin).await?;
+    let mut failures = 0;
+    loop {
+        match sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(one) => {
+                assert_eq!(one, 1);
+                break;
+            }
+            Err(err) => {
+                assert_eq!(classify(&err), ErrorClass::ConnectionLost, "{err}");
+                failures += 1;
+                assert!(
+                    failures <= CONNECTIONS,
+                    "the pool kept handing out dead connections: {err}"
+                );
+                // sqlx closes the failed connection on release, in a spawned task.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for _ in 0..10 {
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+        assert_eq!(one, 1);
+    }
+    Ok(())
+}
