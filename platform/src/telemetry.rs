@@ -43,7 +43,11 @@ fn init_logs(service: Option<(&str, Option<&Path>)>) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = if pretty {
         registry
-            .with(fmt::layer().with_target(false).with_writer(Stdout))
+            .with(
+                fmt::layer()
+                    .event_format(Readable(fmt::format().with_target(false)))
+                    .with_writer(Stdout),
+            )
             .with(service.and_then(|(name, file)| crate::otlp::layer(name, file)))
             .try_init()
     } else {
@@ -107,6 +111,37 @@ where
         })
         .unwrap_or(Ok(()))?;
         writer.write_str("}\n")
+    }
+}
+
+/// `BOOKSTORE_LOG_FORMAT=pretty`: tracing-subscriber's readable line, after the request's method,
+/// path and ids when it is written inside a request (there is no span to show them otherwise).
+struct Readable<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Readable<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        crate::trace::with_current(|scope| {
+            write!(
+                writer,
+                "[{} {} request_id={} trace_id={}] ",
+                scope.method(),
+                scope.path(),
+                scope.request_id(),
+                scope.trace_id()
+            )
+        })
+        .unwrap_or(Ok(()))?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 
@@ -518,5 +553,46 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn readable_lines_name_the_request_they_were_written_in() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .event_format(Readable(fmt::format().with_target(false).without_time()))
+                .with_ansi(false)
+                .with_writer(captured.clone()),
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+        tracing::info!("outside");
+        let handler = tower::service_fn(|_: Request| async {
+            tracing::info!("inside");
+            Ok::<_, std::convert::Infallible>(())
+        });
+        let request = Request::builder()
+            .uri("/api/books")
+            .header(TRACEPARENT, PARENT)
+            .header(REQUEST_ID, "req-9")
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        ScopeLayer
+            .layer(handler)
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("outside") && !lines[0].contains('['),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "[GET /api/books request_id=req-9 trace_id=4bf92f3577b34da6a3ce929d0e0e4736] "
+            ) && lines[1].ends_with("inside"),
+            "{text}"
+        );
     }
 }
