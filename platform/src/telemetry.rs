@@ -389,6 +389,34 @@ mod tests {
         }
     }
 
+    impl Captured {
+        fn text(&self) -> String {
+            let bytes = self
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            String::from_utf8(bytes).expect("utf-8 lines")
+        }
+    }
+
+    /// Lines formatted by `format` go to the returned buffer while the guard lives (this thread).
+    fn capture<F>(format: F) -> (Captured, tracing::subscriber::DefaultGuard)
+    where
+        F: FormatEvent<tracing_subscriber::Registry, fmt::format::DefaultFields>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let captured = Captured::default();
+        let layer = fmt::layer()
+            .event_format(format)
+            .with_ansi(false)
+            .with_writer(captured.clone());
+        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        (captured, guard)
+    }
+
     impl<'a> MakeWriter<'a> for Captured {
         type Writer = Captured;
 
@@ -412,13 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_json_with_typed_fields_and_the_requests_span_inside_a_request() {
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .event_format(JsonLine)
-                .with_writer(captured.clone()),
-        );
-        let _default = tracing::subscriber::set_default(subscriber);
+        let (captured, _default) = capture(JsonLine);
 
         tracing::warn!(
             r#type = "plain",
@@ -445,7 +467,7 @@ mod tests {
             .await
             .expect("infallible");
 
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let text = captured.text();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|line| serde_json::from_str(line).expect("every line is JSON"))
@@ -494,13 +516,7 @@ mod tests {
         use axum::routing::get;
         use http::StatusCode;
 
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .event_format(JsonLine)
-                .with_writer(captured.clone()),
-        );
-        let _default = tracing::subscriber::set_default(subscriber);
+        let (captured, _default) = capture(JsonLine);
         let api = Router::new()
             .route("/ok", get(|| async { "ok" }))
             .route("/broken", get(|| async { StatusCode::BAD_GATEWAY }));
@@ -518,7 +534,7 @@ mod tests {
             app.clone().oneshot(request).await.expect("infallible");
         }
 
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let text = captured.text();
         let served: Vec<serde_json::Value> = text
             .lines()
             .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
@@ -557,14 +573,8 @@ mod tests {
 
     #[tokio::test]
     async fn readable_lines_name_the_request_they_were_written_in() {
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .event_format(Readable(fmt::format().with_target(false).without_time()))
-                .with_ansi(false)
-                .with_writer(captured.clone()),
-        );
-        let _default = tracing::subscriber::set_default(subscriber);
+        let (captured, _default) =
+            capture(Readable(fmt::format().with_target(false).without_time()));
         tracing::info!("outside");
         let handler = tower::service_fn(|_: Request| async {
             tracing::info!("inside");
@@ -581,7 +591,7 @@ mod tests {
             .oneshot(request)
             .await
             .expect("infallible");
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let text = captured.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(
