@@ -132,9 +132,11 @@ impl Pools {
     /// Like [`connect`], keeping the cluster-aware pool (when the URL lists several hosts) for
     /// eventual reads.
     pub async fn connect(config: &DbConfig) -> anyhow::Result<Pools> {
+        // At 0 from the start on any server, so `rate()` sees the first fallback (only a cluster
+        // ever falls back).
+        metrics::counter!("bookstore_pg_replica_fallback_reads_total").increment(0);
         if is_multi_host(&config.url) {
             let cluster = cluster::ClusterPool::connect(config).await?;
-            metrics::counter!("bookstore_pg_replica_fallback_reads_total").increment(0);
             return Ok(Pools {
                 primary: cluster.primary().clone(),
                 cluster: Some(cluster),

@@ -131,9 +131,8 @@ impl Application {
                     self.cache.clone(),
                     cache::checkout::invalidate_after_commit,
                 ));
-        let mut state = AppState::new(self.pool.clone(), self.verifier.clone())
-            .with_cache(self.cache.clone())
-            .with_pools(self.pools.clone());
+        let mut state =
+            AppState::new(self.pools.clone(), self.verifier.clone()).with_cache(self.cache.clone());
         if self.ratings.write_through {
             state = state.with_ratings_written_through();
         }

@@ -229,7 +229,7 @@ async fn create_book(
     .bind(book.genre())
     .bind(book.price_cents())
     .bind(book.stock())
-    .fetch_one(&state.pool)
+    .fetch_one(state.pool())
     .await
     .map_err(|e| on_write(e, book.isbn()))?;
     // A new id has no entry to invalidate (it was never served); only the list pages change.
@@ -268,7 +268,7 @@ async fn update_book(
     .bind(book.genre())
     .bind(book.price_cents())
     .bind(book.stock())
-    .fetch_optional(&state.pool)
+    .fetch_optional(state.pool())
     .await
     .map_err(|e| on_write(e, book.isbn()))?;
     match updated {
@@ -278,7 +278,7 @@ async fn update_book(
             state.cache.books_changed(&[id]).await;
             Ok(with_etag(StatusCode::OK, row))
         }
-        None => Err(why_unchanged(&state.pool, id, expected).await),
+        None => Err(why_unchanged(state.pool(), id, expected).await),
     }
 }
 
@@ -297,14 +297,14 @@ async fn delete_book(
     )
     .bind(id)
     .bind(expected)
-    .fetch_optional(&state.pool)
+    .fetch_optional(state.pool())
     .await?;
     match (deleted, expected) {
         (Some(_), _) => {
             state.cache.book_deleted(id).await;
             Ok(StatusCode::NO_CONTENT)
         }
-        (None, Some(expected)) => Err(why_unchanged(&state.pool, id, expected).await),
+        (None, Some(expected)) => Err(why_unchanged(state.pool(), id, expected).await),
         (None, None) => Err(not_found(id)),
     }
 }

@@ -18,12 +18,12 @@ use sqlx::PgPool;
 use crate::cache::{BookCache, Loaded};
 use crate::ratings::RatingStream;
 
-/// What handlers share. Cheap to clone (the pool and the verifier are reference-counted).
+/// What handlers share. Cheap to clone (the pools and the verifier are reference-counted).
 #[derive(Clone)]
 pub struct AppState {
-    pool: PgPool,
-    /// Where catalog reads go while the primary is out of reach; without it, the primary only.
-    pools: Option<Pools>,
+    /// Writes and strong reads on the primary; catalog reads also on a replica while the primary
+    /// is out of reach ([`AppState::read_catalog`]).
+    pools: Pools,
     verifier: Arc<TokenVerifier>,
     cache: BookCache,
     ratings: Option<Arc<RatingStream>>,
@@ -33,10 +33,9 @@ pub struct AppState {
 
 impl AppState {
     /// State without a cache (every read goes to the database); see [`AppState::with_cache`].
-    pub fn new(pool: PgPool, verifier: Arc<TokenVerifier>) -> AppState {
+    pub fn new(pools: Pools, verifier: Arc<TokenVerifier>) -> AppState {
         AppState {
-            pool,
-            pools: None,
+            pools,
             verifier,
             cache: BookCache::disabled(),
             ratings: None,
@@ -61,15 +60,8 @@ impl AppState {
         self
     }
 
-    /// Catalog reads fall back to a replica while the primary is out of reach (see
-    /// [`AppState::read_catalog`]).
-    pub fn with_pools(mut self, pools: Pools) -> AppState {
-        self.pools = Some(pools);
-        self
-    }
-
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.pools.primary()
     }
 
     /// Reads catalog data for the cache: from the primary, strong, so an answer after a write
@@ -80,11 +72,7 @@ impl AppState {
         F: FnMut(PgPool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
-        let Some(pools) = &self.pools else {
-            let mut read = read;
-            return Ok(Loaded::cacheable(read(self.pool.clone()).await?));
-        };
-        let (value, from) = pools.read_primary_else_replica(read).await?;
+        let (value, from) = self.pools.read_primary_else_replica(read).await?;
         Ok(Loaded {
             value,
             cacheable: from == ReadFrom::Primary,

@@ -52,7 +52,8 @@ async fn rate_book(
     }
     if state.ratings_write_through {
         let rating_id =
-            crate::ratings::write_through(&state.pool, &state.cache, customer, id, &rating).await?;
+            crate::ratings::write_through(state.pool(), &state.cache, customer, id, &rating)
+                .await?;
         return Ok(rating_id_body(StatusCode::CREATED, rating_id));
     }
     let stream = state
