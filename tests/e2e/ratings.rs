@@ -176,7 +176,60 @@ async fn setup(
                 .error_for_status()?;
         }
     }
+    ensure_cached(platform, &client, &books).await?;
     Ok((tokens, books))
+}
+
+/// Makes sure every book's entry is in the cache ring, reading a book again while it is not: a
+/// cache fill is best effort (it gives up after the ring's timeout, which a loaded machine can
+/// exceed), and a rating of a book known neither to the cache nor to a reachable database is
+/// refused with 503 — so the tests must not assume the warm-up's fills all landed.
+async fn ensure_cached(
+    platform: &TestPlatform,
+    client: &reqwest::Client,
+    books: &[String],
+) -> anyhow::Result<()> {
+    let mut nodes = Vec::new();
+    for node in platform.processes("redis") {
+        let addr = node.url.trim_start_matches("redis://").to_owned();
+        nodes.push(
+            redis::Client::open(format!("redis://{addr}/0"))?
+                .get_multiplexed_async_connection()
+                .await?,
+        );
+    }
+    let instance = platform
+        .processes("books")
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no books instance"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for book in books {
+        let key = format!("books:v1:book:{book}");
+        loop {
+            let mut cached = false;
+            for node in &mut nodes {
+                cached |= redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async::<bool>(node)
+                    .await?;
+            }
+            if cached {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "book {book} never reached the cache"
+            );
+            client
+                .get(format!("{}/api/books/{book}", instance.url))
+                .send()
+                .await?
+                .error_for_status()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 #[tokio::test]
