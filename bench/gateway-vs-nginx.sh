@@ -21,7 +21,7 @@
 #                             (1e9 requests/s, burst 1e9); `off` disables it instead
 #                             (BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false)
 #   BENCH_PERF=1              after the rounds, one more measured run of the gateway and of nginx
-#                             (1 worker) under `perf stat` (software counters), if perf works
+#                             (1 worker) under `perf stat` (software counters; system calls by kind where tracepoints are readable), if perf works
 #   BENCH_PROFILE=1          also `perf record` the gateway during one more run (top DSOs and
 #                             symbols in $BENCH_OUT/raw/profile-gateway.txt)
 #   BOOKSTORE_BIN=<path>      use this bookstore binary instead of building the release one
@@ -284,10 +284,16 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 if [[ "$BENCH_PERF" == 1 ]] && command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
+  # System calls per request, by kind, where the tracepoints are readable: where the kernel half
+  # of a proxy's CPU comes from.
+  events=task-clock,context-switches,cpu-migrations,page-faults
+  for call in raw_syscalls:sys_enter syscalls:sys_enter_{read,recvfrom,write,writev,sendto,sendmsg,recvmsg,epoll_wait,epoll_pwait,epoll_ctl,futex,sched_yield,io_uring_enter}; do
+    perf stat -e "$call" true >/dev/null 2>&1 && events+=",$call"
+  done
   for t in gateway nginx1; do
     say "perf stat: $t"
     pids=$(tree_pids "${proxy_pid[$t]}" | paste -sd,)
-    perf stat -e task-clock,context-switches,cpu-migrations,page-faults -p "$pids" \
+    perf stat -e "$events" -p "$pids" \
       -o "$out/raw/perf-$t.txt" -- sleep 10 &
     perf_pid=$!
     run_wrk "$t" 12s "$out/raw/perf-wrk-$t.txt"
@@ -410,6 +416,10 @@ for t in ["gateway", "nginx1"]:
             served = w["rps"] * float(e.group(1))
             perf[t]["cpu_us_per_req"] = float(m.group(1).replace(",", "")) * 1000 / served
             perf[t]["context_switches_per_req"] = int(c.group(1).replace(",", "")) / served
+            calls = {m.group(2).replace("sys_enter_", "").replace("raw_syscalls:sys_enter", "all"):
+                     int(m.group(1).replace(",", "")) / served
+                     for m in re.finditer(r"([\d,]+)\s+(\S*sys_enter\S*)", text)}
+            perf[t]["syscalls_per_req"] = {k.split(":")[-1]: round(v, 2) for k, v in calls.items() if v >= 0.01}
 
 print()
 print(f"GET {path}; {rounds} interleaved rounds; gateway rate limit: {rate_limit}")
@@ -423,6 +433,8 @@ for t, p in perf.items():
     if "cpu_us_per_req" in p:
         print(f"perf stat {t} (one more loaded run, under perf): {p['cpu_us_per_req']:.0f} µs CPU/request, "
               f"{p['context_switches_per_req']:.2f} context switches/request at {p['wrk']['rps']:.0f} req/s")
+    if p.get("syscalls_per_req"):
+        print(f"  system calls per request: {p['syscalls_per_req']}")
 
 result = {
     "command": "bench/gateway-vs-nginx.sh",
