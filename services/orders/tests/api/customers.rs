@@ -63,7 +63,9 @@ async fn the_service_is_ready_while_its_database_answers_and_503_without_it() {
     app.db.close().await;
     app.stop_database();
     assert!(
-        sqlx::PgPool::connect(&app.db_url).await.is_err(),
+        <sqlx::PgConnection as sqlx::Connection>::connect(&app.db_url)
+            .await
+            .is_err(),
         "the database is down"
     );
 
