@@ -4,6 +4,7 @@
 //! empty catalog, so `up` on existing data changes nothing.
 
 use anyhow::Context;
+use futures::StreamExt;
 use serde_json::json;
 
 /// (title, author, genre): public-domain classics, so the names are real and free to use.
@@ -156,38 +157,55 @@ pub async fn load_if_empty(
     let admin_token = log_in(&client, gateway, admin.email, admin.password)
         .await
         .context("demo data: cannot log in as the admin")?;
-    for (n, (title, author, genre)) in BOOKS.iter().enumerate() {
-        progress.set_message(format!("loading demo data: book {}/{}", n + 1, BOOKS.len()));
-        let book = json!({
-            "isbn": isbn13(n), "title": title, "author": author, "genre": genre,
-            "price_cents": 499 + (n as i64 * 137) % 2500, "stock": 5 + (n as i64 * 7) % 40,
-        });
-        post(
-            &client,
-            &format!("{gateway}/api/books"),
-            &book,
-            Some(&admin_token),
-        )
-        .await?;
+    // A few requests at a time: the catalog sorts by title, so the order they land in does not
+    // show, and one after another made the demo data most of a debug build's start-up.
+    let books_url = format!("{gateway}/api/books");
+    let mut loaded = 0;
+    let mut books = futures::stream::iter(BOOKS.iter().enumerate())
+        .map(|(n, (title, author, genre))| {
+            let book = json!({
+                "isbn": isbn13(n), "title": title, "author": author, "genre": genre,
+                "price_cents": 499 + (n as i64 * 137) % 2500, "stock": 5 + (n as i64 * 7) % 40,
+            });
+            let (client, url, token) = (&client, &books_url, &admin_token);
+            async move { post(client, url, &book, Some(token)).await }
+        })
+        .buffer_unordered(DEMO_CONCURRENCY);
+    while let Some(book) = books.next().await {
+        book?;
+        loaded += 1;
+        progress.set_message(format!("loading demo data: book {loaded}/{}", BOOKS.len()));
     }
-    for (email, name, credit) in CUSTOMERS {
-        progress.set_message(format!("loading demo data: customer {email}"));
-        let body = json!({"email": email, "name": name, "password": DEMO_PASSWORD});
-        let customer = post(&client, &format!("{gateway}/api/customers"), &body, None).await?;
-        let id = customer["id"].as_str().context("customer without id")?;
-        let token = log_in(&client, gateway, email, DEMO_PASSWORD)
-            .await
-            .with_context(|| format!("demo data: cannot log in as {email}"))?;
-        let url = format!("{gateway}/api/customers/{id}/credit");
-        post(
-            &client,
-            &url,
-            &json!({"amount_cents": credit}),
-            Some(&token),
-        )
-        .await?;
-    }
+    progress.set_message("loading demo data: customers");
+    futures::future::try_join_all(
+        CUSTOMERS
+            .iter()
+            .map(|(email, name, credit)| demo_customer(&client, gateway, email, name, *credit)),
+    )
+    .await?;
     Ok(true)
+}
+
+/// How many demo requests are in flight at once.
+const DEMO_CONCURRENCY: usize = 4;
+
+/// One demo customer: signed up, logged in, given credit.
+async fn demo_customer(
+    client: &reqwest::Client,
+    gateway: &str,
+    email: &str,
+    name: &str,
+    credit: i64,
+) -> anyhow::Result<()> {
+    let body = json!({"email": email, "name": name, "password": DEMO_PASSWORD});
+    let customer = post(client, &format!("{gateway}/api/customers"), &body, None).await?;
+    let id = customer["id"].as_str().context("customer without id")?;
+    let token = log_in(client, gateway, email, DEMO_PASSWORD)
+        .await
+        .with_context(|| format!("demo data: cannot log in as {email}"))?;
+    let url = format!("{gateway}/api/customers/{id}/credit");
+    post(client, &url, &json!({"amount_cents": credit}), Some(&token)).await?;
+    Ok(())
 }
 
 /// `POST /api/auth/token`; the access token. Errors name neither the password nor the token.
