@@ -30,6 +30,11 @@
 #                             and upstream: a before/after comparison within one run
 #   BASELINE_ENV='K=V ...'    extra environment for that second gateway (an ablation: e.g.
 #                             RUST_LOG=warn); without BASELINE_BIN it runs BOOKSTORE_BIN
+#   PIN_PROXY=1               give the proxies a core of their own: every proxy (the gateway with one
+#                             serving thread, both nginx) on CPU 1, everything else — books,
+#                             PostgreSQL, Redis, the registry, wrk — on CPU 0 (taskset); what the
+#                             proxies cost then shows as their core's load and as latency, not as
+#                             CPU taken from the upstream. Needs 2+ CPUs
 #   BENCH_OUT=<dir>           where results.json and the raw wrk outputs go (default: a new /tmp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +47,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 LIGHT_DURATION=${LIGHT_DURATION:-10s}
 BENCH_RATE_LIMIT=${BENCH_RATE_LIMIT:-raised}
 BENCH_PERF=${BENCH_PERF:-1}
+PIN_PROXY=${PIN_PROXY:-0}
 
 source bench/lib.sh
 
@@ -57,6 +63,7 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light
 command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+[[ "$PIN_PROXY" == 1 ]] && ! command -v taskset >/dev/null && missing+=(util-linux)
 if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "missing ${missing[*]}, and this is not a Debian machine: install them yourself"
   if [[ " ${missing[*]} " == *" nginx-light "* ]] && ! apt-cache policy nginx-light 2>/dev/null | grep -q 'Candidate: [0-9]'; then
@@ -113,7 +120,14 @@ say "starting the platform (one books instance) in $work (load average before: $
 gateway_env=(BOOKSTORE_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND=1000000000
              BOOKSTORE_GATEWAY__RATE_LIMIT__BURST=1000000000)
 [[ "$BENCH_RATE_LIMIT" == off ]] && gateway_env=(BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false)
-env "${gateway_env[@]}" "$BOOKSTORE" up --dir "$work/platform" --gateway-port 0 --registry-port 0 \
+# PIN_PROXY=1: the platform (and so books, PostgreSQL, Redis) on CPU 0, the proxies on CPU 1.
+on_upstream_cpu=() on_proxy_cpu=()
+if [[ "$PIN_PROXY" == 1 ]]; then
+  (($(nproc) >= 2)) || die "PIN_PROXY=1 needs at least 2 CPUs"
+  on_upstream_cpu=(taskset -c 0) on_proxy_cpu=(taskset -c 1)
+  gateway_env+=(BOOKSTORE_GATEWAY__THREADS=1)
+fi
+env "${gateway_env[@]}" "${on_upstream_cpu[@]}" "$BOOKSTORE" up --dir "$work/platform" --gateway-port 0 --registry-port 0 \
   --quiet --instances 1 >"$work/up.out" 2>&1 &
 up_pid=$!
 state="$work/platform/state.json"
@@ -142,6 +156,11 @@ books_url=$(read_state books.url)
 books_pid=$(read_state books.pid)
 gateway_pid=$(read_state gateway.pid)
 postgres_pid=$(read_state postgres.pid)
+pin_proxy() { # pid: every thread of it onto the proxies' CPU
+  [[ "$PIN_PROXY" == 1 ]] && taskset -a -p -c 1 "$1" >/dev/null
+  return 0
+}
+pin_proxy "$gateway_pid"
 books_addr=${books_url#http://}
 
 book_id=$(curl -sf "$books_url/api/books?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
@@ -182,7 +201,7 @@ http {
     }
 }
 EOF
-  "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/logs/stdout.log" 2>&1 &
+  "${on_proxy_cpu[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/logs/stdout.log" 2>&1 &
   nginx_pid=$!
   nginx_pids+=("$nginx_pid")
   nginx_url="http://127.0.0.1:$port"
@@ -210,6 +229,7 @@ if [[ -n "${BASELINE_BIN:-}${BASELINE_ENV:-}" ]]; then
   env -i "${gateway_environ[@]}" "${baseline_env[@]}" BOOKSTORE_HTTP__LISTEN="127.0.0.1:$port" \
     BOOKSTORE_HTTP__PORT_FILE="$work/baseline.addr" "${BASELINE_BIN:-$BOOKSTORE}" gateway >"$work/baseline.log" 2>&1 &
   baseline_pid=$!
+  pin_proxy "$baseline_pid"
   nginx_pids+=("$baseline_pid") # stopped on exit with the nginx instances
   targets+=(baseline)
   url[baseline]="http://127.0.0.1:$port"
@@ -262,7 +282,7 @@ run_wrk() { # target duration outfile [threads connections]
   local t=$1 d=$2 f=$3 threads=${4:-$THREADS} conns=${5:-$CONNECTIONS} p0 u0 g0 c0 b0 p1 u1 g1 c1 b1
   p0=$(cpu_ticks "${proxy_pid[$t]}"); u0=$(cpu_ticks "$books_pid"); g0=$(cpu_ticks "$postgres_pid")
   c0=$(self_ticks); b0=$(busy_ticks)
-  wrk -t"$threads" -c"$conns" -d"$d" --latency "${url[$t]}$path" >"$f" 2>&1 &
+  "${on_upstream_cpu[@]}" wrk -t"$threads" -c"$conns" -d"$d" --latency "${url[$t]}$path" >"$f" 2>&1 &
   wrk_pid=$!
   wait "$wrk_pid" || die "wrk failed against $t: $(cat "$f")"
   wrk_pid=""
@@ -397,6 +417,9 @@ def show(title, ph):
         f"{t} {ph['median'][t]['cpu_us_per_req_proxy']:.0f}/{ph['median'][t]['cpu_us_per_req_books']:.0f}/"
         f"{ph['median'][t]['cpu_us_per_req_postgres']:.0f}/{ph['median'][t]['cpu_us_per_req_client']:.0f}"
         for t in targets))
+    print("  proxy's CPUs busy (CPU µs/request × requests/s): " + ", ".join(
+        f"{t} {ph['median'][t]['cpu_us_per_req_proxy'] * ph['median'][t]['rps'] / 1e6:.2f}"
+        for t in targets if t != "direct"))
     print()
 
 loaded = phase("round")
@@ -425,6 +448,8 @@ print()
 print(f"GET {path}; {rounds} interleaved rounds; gateway rate limit: {rate_limit}")
 print(f"machine: {nproc} CPUs, {cpu}, kernel {kernel}; {nginx_version}; {wrk_version}")
 print(f"load average before the platform started: {load_before}; after the runs: {load_after}; CI run: {ci}")
+if os.environ.get("PIN_PROXY") == "1":
+    print("PIN_PROXY=1: every proxy on CPU 1 (the gateway with one serving thread); books, PostgreSQL, Redis, wrk on CPU 0")
 print()
 show(f"LOADED: wrk -t{threads} -c{conns} -d{duration} --latency (after a {warmup} warm-up)", loaded)
 if light_phase:
