@@ -12,7 +12,8 @@
 #   bench/ratings.sh
 #
 # Knobs (environment): CLIENTS=32 (wrk connections), DURATION=15 (seconds), WARMUP=3, CUSTOMERS=64,
-# BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>. Each measured
+# BOOKS=200, STARS=book (every rating of a book has the same stars, so re-ratings never move the
+# totals) or random (1–5 at random: most re-ratings move them), BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>. Each measured
 # run also prints the CPU time of every component per successful request (bench/cpu_split.py), and
 # write-behind also from the start of its run until the persisters have emptied the stream (the
 # warm-up's ratings are persisted before the run starts), per accepted rating.
@@ -24,6 +25,7 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 CUSTOMERS=${CUSTOMERS:-64}
 BOOKS=${BOOKS:-200}
+STARS=${STARS:-book}
 source bench/lib.sh
 
 for tool in wrk curl python3 redis-cli; do
@@ -100,14 +102,14 @@ PY
 load() {
   local name=$1 what=$2 dir=$3
   say "$name: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
-  wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" >/dev/null
+  wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" "$STARS" >/dev/null
   # The warm-up's ratings persisted first, so the measured CPU is the measured ratings'.
   [[ $name == behind ]] && wait_drained "$dir"
   python3 bench/cpu_split.py snapshot "$work/cpu-before.json" "$up_pid" "$work"
   [[ $what == rate ]] && pg_note "$dir" "$name-start"
   [[ $name == behind ]] && batch_note "$dir" "$name-start"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/ratings.lua "$gateway" -- \
-    "$dir/tokens.txt" "$dir/books.txt" "$what" | tee "$out/wrk-$name.txt"
+    "$dir/tokens.txt" "$dir/books.txt" "$what" "$STARS" | tee "$out/wrk-$name.txt"
   python3 bench/cpu_split.py snapshot "$work/cpu-after.json" "$up_pid" "$work"
   local ok
   ok=$(sed -n 's/.*\(20[012]\)=\([0-9]*\).*/\2/p' "$out/wrk-$name.txt")

@@ -353,7 +353,7 @@ fn entries_of(reply: StreamReadReply) -> Vec<StreamId> {
 }
 
 /// Upserts the batch and moves the totals of the books it touched by what it changed, in one
-/// transaction; returns those books.
+/// transaction; returns the books whose totals moved.
 pub async fn persist(
     pool: &PgPool,
     ratings: Vec<((i64, i64), StreamRating)>,
@@ -368,7 +368,8 @@ pub async fn persist(
 }
 
 /// The work of [`persist`] inside a transaction the caller opened and will commit (tests hold it
-/// open to race two batches). Returns the books whose totals it may have changed.
+/// open to race two batches). Returns the books whose totals it changed: only what they show
+/// changed, so only their cache entries need invalidating.
 ///
 /// The totals are maintained, not recomputed: each upsert adds its new stars and takes away the
 /// row's old ones (a new row also adds one to the count). That is exactly once because
@@ -428,8 +429,11 @@ pub async fn apply(
     .await
     .context("Failed to lock the rated books' totals")?;
     // All parts of one statement share its snapshot: `old` is the rows as they were before `up`
-    // wrote them, whatever order PostgreSQL runs the parts in.
-    sqlx::query(
+    // wrote them, whatever order PostgreSQL runs the parts in. A book whose totals the batch moves
+    // by (0, 0) — re-ratings with the same stars, replays — keeps its totals row as it is (no new
+    // row version, no WAL) and is not returned: nothing a reader sees of it changed, `updated_at`
+    // included, so its cache entries stay valid.
+    let moved: Vec<Uuid> = sqlx::query_scalar(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::bigint[])
@@ -457,7 +461,8 @@ pub async fn apply(
             SET rating_count = t.rating_count + delta.count,
                 rating_sum = t.rating_sum + delta.sum, updated_at = now()
            FROM delta
-          WHERE t.book_id = delta.book_id",
+          WHERE t.book_id = delta.book_id AND (delta.count <> 0 OR delta.sum <> 0)
+      RETURNING t.book_id",
     )
     .bind(&cols.customer)
     .bind(&cols.book)
@@ -467,10 +472,10 @@ pub async fn apply(
     .bind(&cols.ms)
     .bind(&cols.seq)
     .bind(&cols.at)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
     .context("Failed to upsert the ratings and move the books' totals")?;
-    Ok(books)
+    Ok(moved)
 }
 
 #[derive(Default)]
