@@ -7,23 +7,23 @@
 //! (`XAUTOCLAIM`: that instance is presumed dead), then new entries (`XREADGROUP … >`, blocking up
 //! to `block_ms`). A batch is upserted in one transaction; only after its commit are the entries
 //! acknowledged (`XACK`) and deleted from the stream (`XDEL`), in one pipeline with the backlog's
-//! `XLEN`, and the books' cache entries invalidated. After a batch smaller than `batch_size` the
-//! persister lingers `linger_ms` before it reads again, so that under load a round's fixed costs
-//! are shared by many ratings (docs/CACHE.md, "The linger"). A crash anywhere before the `XACK` leaves the entries
-//! pending, so they are persisted again — harmlessly, because the upsert is idempotent: a row is
-//! overwritten only by an entry with a larger stream id, and the books' totals move only by what
-//! the upsert really wrote (see [`apply`]).
+//! `XLEN`, and the cache entries of the books whose totals moved invalidated. After a batch
+//! smaller than `batch_size` the persister lingers `linger_ms` before it reads again, so that
+//! under load a round's fixed costs are shared by many ratings (docs/CACHE.md, "The linger").
+//! A crash anywhere before the `XACK` leaves the entries pending, so they are persisted again —
+//! harmlessly, because the upsert is idempotent: a row is overwritten only by an entry with a
+//! larger stream id, and the books' totals move only by what the upsert really wrote (see
+//! [`apply`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use anyhow::Context;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sqlx::{PgConnection, PgPool};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -78,7 +78,7 @@ impl Persister {
             };
             match result {
                 // A partial batch: what arrives during the linger joins the next one instead of
-                // making a batch of its own (docs/CACHE.md, "The persister").
+                // making a batch of its own (docs/CACHE.md, "The linger").
                 Ok(entries)
                     if entries > 0 && entries < self.settings.batch_size && !linger.is_zero() =>
                 {
@@ -161,8 +161,8 @@ impl Persister {
             .await
             .context("the ratings batch timed out")??;
         // Only now that the rows are committed; acknowledged, deleted and the backlog read in one
-        // round trip (a pipeline, not a transaction: an entry acknowledged and not deleted is
-        // only an entry a later XDEL or trim removes, never one persisted twice).
+        // round trip (a pipeline, not a transaction: an entry acknowledged and then not deleted
+        // stays in the stream, counted in the backlog, but is never delivered again).
         let key = &self.settings.stream_key;
         let mut pipe = redis::pipe();
         pipe.cmd("XACK")
