@@ -1,6 +1,6 @@
--- wrk script for bench/ratings.sh. Args: <tokens file> <books file> <what>, where <what> is
--- "rate" (POST /api/books/{id}/ratings, round-robin over customers and books, 1-5 stars) or "read"
--- (GET /api/books/{id}, round-robin over the books).
+-- wrk script for bench/ratings.sh. Args: <tokens file> <books file> <what> [<stars>], where <what>
+-- is "rate" (POST /api/books/{id}/ratings, round-robin over customers and books, 1-5 stars) or
+-- "read" (GET /api/books/{id}, round-robin over the books), and <stars> "book" or "random" (below).
 local tokens, books, what = {}, {}, "rate"
 local counter = 0
 local threads = {}
@@ -18,6 +18,8 @@ end
 
 function init(args)
   tokens, books, what = lines(args[1]), lines(args[2]), args[3] or "rate"
+  star_mode = args[4] or "book"
+  math.randomseed(os.time() + thread_id)
   statuses = {}
 end
 
@@ -29,7 +31,11 @@ function request()
     return wrk.format("GET", "/api/books/" .. book)
   end
   local token = tokens[(math.floor(n / #books) % #tokens) + 1]
-  local body = string.format('{"stars":%d,"text":"bench %d"}', (n % 5) + 1, counter)
+  -- "book" (default): a book's every rating has the same stars, so a re-rating never moves its
+  -- totals; "random": 1-5 at random, so most re-ratings do.
+  local stars = (n % 5) + 1
+  if star_mode == "random" then stars = math.random(1, 5) end
+  local body = string.format('{"stars":%d,"text":"bench %d"}', stars, counter)
   return wrk.format("POST", "/api/books/" .. book .. "/ratings", {
     ["Authorization"] = "Bearer " .. token,
     ["Content-Type"] = "application/json",

@@ -12,7 +12,8 @@
 #   bench/ratings.sh
 #
 # Knobs (environment): CLIENTS=32 (wrk connections), DURATION=15 (seconds), WARMUP=3, CUSTOMERS=64,
-# BOOKS=200, BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>. Each measured
+# BOOKS=200, STARS=book (every rating of a book has the same stars, so re-ratings never move the
+# totals) or random (1–5 at random: most re-ratings move them), BOOKSTORE_BIN=<path> (else the release binary is built), BENCH_OUT=<dir>. Each measured
 # run also prints the CPU time of every component per successful request (bench/cpu_split.py), and
 # write-behind also from the start of its run until the persisters have emptied the stream (the
 # warm-up's ratings are persisted before the run starts), per accepted rating.
@@ -24,6 +25,7 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 CUSTOMERS=${CUSTOMERS:-64}
 BOOKS=${BOOKS:-200}
+STARS=${STARS:-book}
 source bench/lib.sh
 
 for tool in wrk curl python3 redis-cli; do
@@ -55,28 +57,59 @@ seeded_platform() {
   python3 bench/seed.py "$gateway" "$dir/secrets.json" "$BOOKS" "$CUSTOMERS" "$dir"
 }
 
-# pg_note <dir> <label>: appends "<label> <WAL bytes so far> <table>=<updates>/<HOT updates> …" of
-# the platform's primary to $out/pg.txt: the WAL each persisted rating cost, and whether the totals
+# pg_note <dir> <label>: appends "<label> <WAL bytes so far> <commits in the books database so far>
+# <table>=<updates>/<HOT updates> …" of the platform's primary to $out/pg.txt: the WAL each persisted
+# rating cost, the transactions (write-behind: about one per persisted batch), whether the totals
 # updates were HOT (`books` held the totals before 0004, `book_rating_totals` after it).
 pg_note() {
   PGPASSWORD=$(json_field "$1/secrets.json" postgres_superuser) psql -X -h 127.0.0.1 \
     -p "$(json_field "$1/state.json" postgres_port)" -U postgres -d books -Atqc \
-    "SELECT '$2 ' || (pg_current_wal_lsn() - '0/0') || ' ' || coalesce(string_agg(relname || '='
-            || n_tup_upd || '/' || n_tup_hot_upd, ' ' ORDER BY relname), '')
+    "SELECT '$2 ' || (pg_current_wal_lsn() - '0/0') || ' '
+            || (SELECT xact_commit FROM pg_stat_database WHERE datname = 'books') || ' '
+            || coalesce(string_agg(relname || '=' || n_tup_upd || '/' || n_tup_hot_upd, ' '
+                                   ORDER BY relname), '')
        FROM pg_stat_user_tables WHERE relname IN ('books', 'book_rating_totals')" >>"$out/pg.txt"
+}
+
+# batch_note <dir> <label>: appends "<label> <entries> <batches> <p50s…>" to $out/batches.txt — the
+# persisters' batches so far, summed over the books instances (`bookstore_ratings_batch_entries`,
+# a summary: its _sum and _count, and each instance's median over the summary's recent window).
+batch_note() {
+  python3 - "$1/state.json" "$2" >>"$out/batches.txt" <<'PY'
+import json, re, sys, urllib.request
+state = json.load(open(sys.argv[1]))
+total = count = 0.0
+medians = []
+for p in state["processes"]:
+    if p["kind"] != "books":
+        continue
+    text = urllib.request.urlopen(p["url"] + "/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        m = re.match(r'bookstore_ratings_batch_entries(_sum|_count|\{[^}]*quantile="0\.5"[^}]*\})?\S* ([\d.e+-]+)$', line)
+        if not m or m.group(1) is None:
+            continue
+        if m.group(1) == "_sum":
+            total += float(m.group(2))
+        elif m.group(1) == "_count":
+            count += float(m.group(2))
+        else:
+            medians.append(m.group(2))
+print(sys.argv[2], int(total), int(count), *medians)
+PY
 }
 
 # load <name> <what>: warm-up, then the measured wrk run into $out/wrk-<name>.txt.
 load() {
   local name=$1 what=$2 dir=$3
   say "$name: warm-up ${WARMUP}s, then ${DURATION}s at $CLIENTS connections"
-  wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" >/dev/null
+  wrk -t2 -c"$CLIENTS" -d"${WARMUP}s" -s bench/ratings.lua "$gateway" -- "$dir/tokens.txt" "$dir/books.txt" "$what" "$STARS" >/dev/null
   # The warm-up's ratings persisted first, so the measured CPU is the measured ratings'.
   [[ $name == behind ]] && wait_drained "$dir"
   python3 bench/cpu_split.py snapshot "$work/cpu-before.json" "$up_pid" "$work"
   [[ $what == rate ]] && pg_note "$dir" "$name-start"
+  [[ $name == behind ]] && batch_note "$dir" "$name-start"
   wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s bench/ratings.lua "$gateway" -- \
-    "$dir/tokens.txt" "$dir/books.txt" "$what" | tee "$out/wrk-$name.txt"
+    "$dir/tokens.txt" "$dir/books.txt" "$what" "$STARS" | tee "$out/wrk-$name.txt"
   python3 bench/cpu_split.py snapshot "$work/cpu-after.json" "$up_pid" "$work"
   local ok
   ok=$(sed -n 's/.*\(20[012]\)=\([0-9]*\).*/\2/p' "$out/wrk-$name.txt")
@@ -112,6 +145,7 @@ echo "drain_seconds=$(python3 -c "print(round($drain_end - $drain_start, 2))")" 
 # (the persisters may fall behind during the run and finish after it).
 python3 bench/cpu_split.py snapshot "$work/cpu-drained.json" "$up_pid" "$work"
 pg_note "$work/behind" behind-end
+batch_note "$work/behind" behind-end
 say "behind incl. drain: CPU per component from the start of the run until the stream was empty (ms/unit: per rating)"
 python3 bench/cpu_split.py diff "$work/cpu-before.json" "$work/cpu-drained.json" \
   "$(sed -n 's/.*202=\([0-9]*\).*/\1/p' "$out/wrk-behind.txt")" "$out/cpu-behind-drained.json" |
@@ -193,11 +227,20 @@ notes = {l.split()[0]: l.split()[1:] for l in open(out + "/pg.txt") if l.strip()
 r["postgres"] = {}
 for name in ("behind", "through"):
     wal = int(notes[name + "-end"][0]) - int(notes[name + "-start"][0])
-    tables = dict(t.split("=") for t in notes[name + "-stats"][1:])
-    r["postgres"][name] = {"wal_bytes_per_rating": wal / max(r[name]["ok"], 1), "updates_hot": tables}
-    print("PostgreSQL, %-7s WAL %.0f bytes per rating%s; updates/HOT updates since start: %s" % (
-        name, wal / max(r[name]["ok"], 1), " (incl. drain)" if name == "behind" else "",
-        ", ".join("%s %s" % kv for kv in tables.items())))
+    commits = int(notes[name + "-end"][1]) - int(notes[name + "-start"][1])
+    tables = dict(t.split("=") for t in notes[name + "-stats"][2:])
+    r["postgres"][name] = {"wal_bytes_per_rating": wal / max(r[name]["ok"], 1), "commits": commits,
+                           "ratings_per_commit": r[name]["ok"] / max(commits, 1), "updates_hot": tables}
+    print("PostgreSQL, %-7s WAL %.0f bytes per rating%s, %d commits (%.1f ratings each); updates/HOT updates since start: %s" % (
+        name, wal / max(r[name]["ok"], 1), " (incl. drain)" if name == "behind" else "", commits,
+        r[name]["ok"] / max(commits, 1), ", ".join("%s %s" % kv for kv in tables.items())))
+batches = {l.split()[0]: l.split()[1:] for l in open(out + "/batches.txt") if l.strip()}
+entries = int(batches["behind-end"][0]) - int(batches["behind-start"][0])
+rounds = int(batches["behind-end"][1]) - int(batches["behind-start"][1])
+r["batches"] = {"entries": entries, "batches": rounds, "mean": entries / max(rounds, 1),
+                "median_per_instance_recent": batches["behind-end"][2:]}
+print("persister batches (run + drain): %d entries in %d batches, %.1f per batch (recent median per instance: %s)" % (
+    entries, rounds, entries / max(rounds, 1), ", ".join(batches["behind-end"][2:]) or "-"))
 json.dump(r, open(out + "/results.json", "w"), indent=2)
 print("results: %s/results.json" % out)
 PY

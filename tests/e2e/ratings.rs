@@ -232,6 +232,21 @@ async fn ensure_cached(
     Ok(())
 }
 
+/// GET `url` as JSON, again after each 503 (the gateway's "try again": an instance killed or just
+/// back) for up to 10 s; any other answer is returned as it is.
+async fn get_retrying_503(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client.get(url).send().await?;
+        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(response.json().await?);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_books_instance_killed_with_unacknowledged_ratings_while_postgres_was_away_loses_none()
 -> anyhow::Result<()> {
@@ -295,20 +310,11 @@ async fn a_books_instance_killed_with_unacknowledged_ratings_while_postgres_was_
     // The totals are the rows' (replays and claims counted nothing twice).
     let off = books::ratings::persister::totals_off(&db).await?;
     assert!(off.is_empty(), "rating totals off the rows: {off:#?}");
-    // And clients see them: on the book and on the leaderboard.
-    let book: Value = client
-        .get(format!("{gateway}/api/books/{}", books[0]))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(book["rating"]["count"], json!(tokens.len()));
-    let top: Value = client
-        .get(format!("{gateway}/api/books/top?limit=100"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    // And clients see them: on the book and on the leaderboard (the gateway may still answer 503
+    // for a moment while it finds the survivor healthy again: a client retries those).
+    let book = get_retrying_503(&client, &format!("{gateway}/api/books/{}", books[0])).await?;
+    assert_eq!(book["rating"]["count"], json!(tokens.len()), "{book}");
+    let top = get_retrying_503(&client, &format!("{gateway}/api/books/top?limit=100")).await?;
     assert!(
         top["items"]
             .as_array()

@@ -2,14 +2,18 @@
 //! ratings into PostgreSQL in batches.
 //!
 //! Each round takes, in this order: its own pending entries (delivered to it before but not
-//! acknowledged — a batch whose transaction failed), then entries another consumer has held
-//! unacknowledged for `claim_idle_ms` (`XAUTOCLAIM`: that instance is presumed dead), then new
-//! entries (`XREADGROUP … >`, blocking up to `block_ms`). A batch is upserted in one transaction;
-//! only after its commit are the entries acknowledged (`XACK`) and deleted from the stream (`XDEL`),
-//! and the books' cache entries invalidated. A crash anywhere before the `XACK` leaves the entries
-//! pending, so they are persisted again — harmlessly, because the upsert is idempotent: a row is
-//! overwritten only by an entry with a larger stream id, and the books' totals move only by what
-//! the upsert really wrote (see [`apply`]).
+//! acknowledged — a batch whose transaction failed; read at start and after a failed round), then,
+//! every `claim_idle_ms / 2`, entries another consumer has held unacknowledged for `claim_idle_ms`
+//! (`XAUTOCLAIM`: that instance is presumed dead), then new entries (`XREADGROUP … >`, blocking up
+//! to `block_ms`). A batch is upserted in one transaction; only after its commit are the entries
+//! acknowledged (`XACK`) and deleted from the stream (`XDEL`), in one pipeline with the backlog's
+//! `XLEN`, and the cache entries of the books whose totals moved invalidated. After a batch
+//! smaller than `batch_size` the persister lingers `linger_ms` before it reads again, so that
+//! under load a round's fixed costs are shared by many ratings (docs/CACHE.md, "The linger").
+//! A crash anywhere before the `XACK` leaves the entries pending, so they are persisted again —
+//! harmlessly, because the upsert is idempotent: a row is overwritten only by an entry with a
+//! larger stream id, and the books' totals move only by what the upsert really wrote (see
+//! [`apply`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sqlx::{PgConnection, PgPool};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -55,7 +60,9 @@ impl Persister {
     /// Runs until `stop`; every failure is logged and retried after the backoff.
     pub async fn run(self, stop: CancellationToken) {
         let backoff = Duration::from_millis(self.settings.retry_backoff_ms.max(10));
+        let linger = Duration::from_millis(self.settings.linger_ms);
         let mut conn: Option<MultiplexedConnection> = None;
+        let mut schedule = Schedule::new();
         tracing::info!(consumer = %self.consumer, "ratings persister started");
         while !stop.is_cancelled() {
             let round = async {
@@ -63,24 +70,39 @@ impl Persister {
                     Some(c) => c,
                     None => conn.insert(self.connect().await?),
                 };
-                self.round(c).await
+                self.round(c, &mut schedule).await
             };
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
                 result = round => result,
             };
-            if let Err(e) = result {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "ratings persister round failed; retrying"
-                );
-                metrics::counter!("bookstore_ratings_persist_failures_total").increment(1);
-                if e.downcast_ref::<redis::RedisError>().is_some() {
-                    conn = None;
+            match result {
+                // A partial batch: what arrives during the linger joins the next one instead of
+                // making a batch of its own (docs/CACHE.md, "The linger").
+                Ok(entries)
+                    if entries > 0 && entries < self.settings.batch_size && !linger.is_zero() =>
+                {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(linger) => {}
+                    }
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "ratings persister round failed; retrying"
+                    );
+                    metrics::counter!("bookstore_ratings_persist_failures_total").increment(1);
+                    // What it read is pending for it now: read that first.
+                    schedule.own_pending = true;
+                    if e.downcast_ref::<redis::RedisError>().is_some() {
+                        conn = None;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                 }
             }
         }
@@ -112,9 +134,15 @@ impl Persister {
     }
 
     /// One batch: read, persist, acknowledge. Ok(0) when there was nothing to do.
-    async fn round(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<usize> {
-        self.record_backlog(conn).await?;
-        let entries = self.next_batch(conn).await?;
+    async fn round(
+        &self,
+        conn: &mut MultiplexedConnection,
+        schedule: &mut Schedule,
+    ) -> anyhow::Result<usize> {
+        if Instant::now() >= schedule.next_backlog {
+            self.record_backlog(conn, schedule).await?;
+        }
+        let entries = self.next_batch(conn, schedule).await?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -132,20 +160,28 @@ impl Persister {
         let books = tokio::time::timeout(timeout, persist(&self.pool, ratings))
             .await
             .context("the ratings batch timed out")??;
-        // Only now that the rows are committed.
+        // Only now that the rows are committed; acknowledged, deleted and the backlog read in one
+        // round trip (a pipeline, not a transaction: an entry acknowledged and then not deleted
+        // stays in the stream, counted in the backlog, but is never delivered again).
         let key = &self.settings.stream_key;
-        let acked: i64 = redis::cmd("XACK")
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
             .arg(key)
             .arg(&self.settings.group)
             .arg(&ids)
-            .query_async(conn)
-            .await?;
-        let _: i64 = redis::cmd("XDEL")
+            .cmd("XDEL")
             .arg(key)
             .arg(&ids)
-            .query_async(conn)
-            .await?;
+            .ignore()
+            .cmd("XLEN")
+            .arg(key);
+        let (acked, backlog): (i64, i64) = tokio::time::timeout(QUICK, pipe.query_async(conn))
+            .await
+            .context("XACK/XDEL timed out")??;
         metrics::counter!("bookstore_ratings_persisted_total").increment(acked.max(0) as u64);
+        metrics::histogram!("bookstore_ratings_batch_entries").record(ids.len() as f64);
+        metrics::gauge!("bookstore_ratings_stream_backlog").set(backlog as f64);
+        schedule.next_backlog = Instant::now() + BACKLOG_EVERY;
         tracing::debug!(entries = ids.len(), acked, "ratings batch persisted");
         self.cache.books_changed(&books).await;
         Ok(ids.len())
@@ -153,63 +189,114 @@ impl Persister {
 
     /// Entries accepted but not yet persisted: persisted ones are deleted from the stream, so its
     /// length is the write-behind backlog (every instance reports the same stream).
-    async fn record_backlog(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
+    async fn record_backlog(
+        &self,
+        conn: &mut MultiplexedConnection,
+        schedule: &mut Schedule,
+    ) -> anyhow::Result<()> {
         let mut xlen = redis::cmd("XLEN");
         xlen.arg(&self.settings.stream_key);
-        let len = tokio::time::timeout(Duration::from_secs(5), xlen.query_async::<i64>(conn))
+        let len = tokio::time::timeout(QUICK, xlen.query_async::<i64>(conn))
             .await
             .context("XLEN timed out")??;
         metrics::gauge!("bookstore_ratings_stream_backlog").set(len as f64);
+        schedule.next_backlog = Instant::now() + BACKLOG_EVERY;
         Ok(())
     }
 
-    async fn next_batch(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<Vec<StreamId>> {
+    /// Its own pending entries when it may have some, else a dead consumer's when it is time to
+    /// look, else new ones.
+    async fn next_batch(
+        &self,
+        conn: &mut MultiplexedConnection,
+        schedule: &mut Schedule,
+    ) -> anyhow::Result<Vec<StreamId>> {
         let s = &self.settings;
         let count = s.batch_size.max(1);
-        let quick = Duration::from_secs(5);
         // Ours from before (a failed batch), oldest first.
-        let own: StreamReadReply =
-            tokio::time::timeout(quick, self.read_group(count, None, "0").query_async(conn))
-                .await
-                .context("XREADGROUP (own pending) timed out")??;
-        let own = entries_of(own);
-        if !own.is_empty() {
-            return Ok(own);
+        if schedule.own_pending {
+            let own: StreamReadReply =
+                tokio::time::timeout(QUICK, self.read_group(count, None, "0").query_async(conn))
+                    .await
+                    .context("XREADGROUP (own pending) timed out")??;
+            let own = entries_of(own);
+            // A full batch may leave more behind; anything less was all of them.
+            schedule.own_pending = own.len() >= count;
+            if !own.is_empty() {
+                return Ok(own);
+            }
         }
-        // A dead consumer's.
-        let claimed: StreamAutoClaimReply = tokio::time::timeout(
-            quick,
-            redis::cmd("XAUTOCLAIM")
-                .arg(&s.stream_key)
-                .arg(&s.group)
-                .arg(&self.consumer)
-                .arg(s.claim_idle_ms)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(conn),
-        )
-        .await
-        .context("XAUTOCLAIM timed out")??;
-        let claimed: Vec<StreamId> = claimed
-            .claimed
-            .into_iter()
-            .filter(|e| !e.map.is_empty())
-            .collect();
-        if !claimed.is_empty() {
-            tracing::info!(entries = claimed.len(), consumer = %self.consumer, "claimed ratings another persister left unacknowledged");
-            metrics::counter!("bookstore_ratings_claimed_total").increment(claimed.len() as u64);
-            return Ok(claimed);
+        // A dead consumer's: claimable only once idle for `claim_idle_ms`, so looking every half
+        // of that is enough (a scan that stopped after claiming some: go on at once).
+        if Instant::now() >= schedule.next_claim {
+            let claimed: StreamAutoClaimReply = tokio::time::timeout(
+                QUICK,
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&s.stream_key)
+                    .arg(&s.group)
+                    .arg(&self.consumer)
+                    .arg(s.claim_idle_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(conn),
+            )
+            .await
+            .context("XAUTOCLAIM timed out")??;
+            // The scan finished (cursor `0-0`), or found nothing to take: not again for a while.
+            if claimed.next_stream_id == "0-0" || claimed.claimed.is_empty() {
+                schedule.next_claim = Instant::now() + Duration::from_millis(s.claim_idle_ms / 2);
+            }
+            let claimed: Vec<StreamId> = claimed
+                .claimed
+                .into_iter()
+                .filter(|e| !e.map.is_empty())
+                .collect();
+            if !claimed.is_empty() {
+                tracing::info!(entries = claimed.len(), consumer = %self.consumer, "claimed ratings another persister left unacknowledged");
+                metrics::counter!("bookstore_ratings_claimed_total")
+                    .increment(claimed.len() as u64);
+                return Ok(claimed);
+            }
         }
         // New ones.
         let fresh: Option<StreamReadReply> = tokio::time::timeout(
-            Duration::from_millis(s.block_ms) + quick,
+            Duration::from_millis(s.block_ms) + QUICK,
             self.read_group(count, Some(s.block_ms), ">")
                 .query_async(conn),
         )
         .await
         .context("XREADGROUP (new) timed out")??;
         Ok(fresh.map(entries_of).unwrap_or_default())
+    }
+}
+
+/// The bound of every Redis command of the persister but the blocking read.
+const QUICK: Duration = Duration::from_secs(5);
+
+/// How often an idle persister (or one whose batches fail) reads the backlog; a persisted batch
+/// reads it with its acknowledgement.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// What a persister does only now and then, carried from round to round.
+struct Schedule {
+    /// Whether it may hold entries delivered to it and not acknowledged: at start (a consumer
+    /// name is never reused, but reading costs one command) and after a failed round.
+    own_pending: bool,
+    /// When to look for a dead consumer's entries next.
+    next_claim: Instant,
+    /// When to read the backlog next.
+    next_backlog: Instant,
+}
+
+impl Schedule {
+    fn new() -> Schedule {
+        let now = Instant::now();
+        Schedule {
+            own_pending: true,
+            next_claim: now,
+            next_backlog: now,
+        }
     }
 }
 
@@ -266,7 +353,7 @@ fn entries_of(reply: StreamReadReply) -> Vec<StreamId> {
 }
 
 /// Upserts the batch and moves the totals of the books it touched by what it changed, in one
-/// transaction; returns those books.
+/// transaction; returns the books whose totals moved.
 pub async fn persist(
     pool: &PgPool,
     ratings: Vec<((i64, i64), StreamRating)>,
@@ -281,7 +368,8 @@ pub async fn persist(
 }
 
 /// The work of [`persist`] inside a transaction the caller opened and will commit (tests hold it
-/// open to race two batches). Returns the books whose totals it may have changed.
+/// open to race two batches). Returns the books whose totals it changed: only what they show
+/// changed, so only their cache entries need invalidating.
 ///
 /// The totals are maintained, not recomputed: each upsert adds its new stars and takes away the
 /// row's old ones (a new row also adds one to the count). That is exactly once because
@@ -341,8 +429,11 @@ pub async fn apply(
     .await
     .context("Failed to lock the rated books' totals")?;
     // All parts of one statement share its snapshot: `old` is the rows as they were before `up`
-    // wrote them, whatever order PostgreSQL runs the parts in.
-    sqlx::query(
+    // wrote them, whatever order PostgreSQL runs the parts in. A book whose totals the batch moves
+    // by (0, 0) — re-ratings with the same stars, replays — keeps its totals row as it is (no new
+    // row version, no WAL) and is not returned: nothing a reader sees of it changed, `updated_at`
+    // included, so its cache entries stay valid.
+    let moved: Vec<Uuid> = sqlx::query_scalar(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::bigint[])
@@ -370,7 +461,8 @@ pub async fn apply(
             SET rating_count = t.rating_count + delta.count,
                 rating_sum = t.rating_sum + delta.sum, updated_at = now()
            FROM delta
-          WHERE t.book_id = delta.book_id",
+          WHERE t.book_id = delta.book_id AND (delta.count <> 0 OR delta.sum <> 0)
+      RETURNING t.book_id",
     )
     .bind(&cols.customer)
     .bind(&cols.book)
@@ -380,10 +472,10 @@ pub async fn apply(
     .bind(&cols.ms)
     .bind(&cols.seq)
     .bind(&cols.at)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
     .context("Failed to upsert the ratings and move the books' totals")?;
-    Ok(books)
+    Ok(moved)
 }
 
 #[derive(Default)]

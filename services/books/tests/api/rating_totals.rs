@@ -290,3 +290,72 @@ async fn two_persisters_racing_over_the_same_books_keep_the_totals_equal_to_the_
         );
     }
 }
+
+/// The totals row of `book`: its row version (`xmin`) and `updated_at`.
+async fn totals_version(db: &PgPool, book: Uuid) -> (String, chrono::DateTime<chrono::Utc>) {
+    sqlx::query_as("SELECT xmin::text, updated_at FROM book_rating_totals WHERE book_id = $1")
+        .bind(book)
+        .fetch_one(db)
+        .await
+        .expect("totals row")
+}
+
+#[tokio::test]
+async fn a_batch_that_leaves_a_books_totals_as_they_were_neither_rewrites_them_nor_names_the_book()
+{
+    let (_app, db, books) = books(2).await;
+    let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let moved = persist(
+        &db,
+        vec![entry(10, ann, books[0], 4), entry(11, bob, books[1], 2)],
+    )
+    .await
+    .expect("first ratings");
+    let mut sorted = books.clone();
+    sorted.sort();
+    let mut moved_sorted = moved.clone();
+    moved_sorted.sort();
+    assert_eq!(moved_sorted, sorted, "new ratings move both books");
+    let before = totals_version(&db, books[0]).await;
+    // Ann re-rates with the same stars (the rating row is replaced) and Bob with new ones; the
+    // first batch replayed besides.
+    let moved = persist(
+        &db,
+        vec![
+            entry(20, ann, books[0], 4),
+            entry(21, bob, books[1], 5),
+            entry(10, ann, books[0], 4),
+        ],
+    )
+    .await
+    .expect("re-ratings");
+    assert_eq!(moved, vec![books[1]], "only Bob's book changed");
+    assert_eq!(
+        totals_version(&db, books[0]).await,
+        before,
+        "Ann's book's totals row rewritten"
+    );
+    assert_eq!(totals(&db, books[0]).await, (1, 4));
+    assert_eq!(totals(&db, books[1]).await, (1, 5));
+    let stream_ms: i64 =
+        sqlx::query_scalar("SELECT stream_ms FROM ratings WHERE customer_id = $1 AND book_id = $2")
+            .bind(ann)
+            .bind(books[0])
+            .fetch_one(&db)
+            .await
+            .expect("Ann's row");
+    assert_eq!(
+        stream_ms, 20,
+        "the same-stars re-rating still replaced the row"
+    );
+    // Two entries of one pair in one batch, the later (the one kept) with the stars already
+    // stored: no change.
+    let moved = persist(
+        &db,
+        vec![entry(30, ann, books[0], 3), entry(31, ann, books[0], 4)],
+    )
+    .await
+    .expect("cancelling re-ratings");
+    assert!(moved.is_empty(), "{moved:?}");
+    assert_rating_totals_match_rows(&db).await;
+}

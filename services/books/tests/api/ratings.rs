@@ -522,3 +522,98 @@ async fn ratings_after_a_persisted_batch_are_still_checked_against_the_cache_alo
     )
     .await;
 }
+
+/// One rating at an idle persister, then, once it is in the database, a burst of `burst` ratings of
+/// other customers, one every 20 ms, all through the API, with the persisters lingering
+/// `linger_ms`. Returns how long the lone rating took to reach the database and how many
+/// transactions persisted the burst (each writes its new rows with its own `now()` as
+/// `persisted_at`).
+async fn lone_rating_then_a_burst(linger_ms: u64, burst: usize) -> (Duration, i64) {
+    let redis = TestRedis::start().await.expect("redis");
+    let node = redis.addr();
+    let app = spawn_app_with(move |c| {
+        c.cache.ring = CacheConfig {
+            nodes: vec![node],
+            health_interval_ms: 50,
+            ..CacheConfig::default()
+        };
+        c.ratings.linger_ms = linger_ms;
+    })
+    .await;
+    let db = superuser(&app).await;
+    let book_id = id_of(&app.create_book(&book(1)).await);
+    let (lone, bearer) = customer();
+    let sent = tokio::time::Instant::now();
+    assert_eq!(
+        rate(&app, &book_id, &bearer, json!({"stars": 5}))
+            .await
+            .status(),
+        202
+    );
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM ratings",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let lone_took = sent.elapsed();
+    for n in 0..burst {
+        let (_, bearer) = customer();
+        let stars = 1 + (n % 5) as u64;
+        assert_eq!(
+            rate(&app, &book_id, &bearer, json!({"stars": stars}))
+                .await
+                .status(),
+            202
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ratings")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        if count == 1 + burst as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {} ratings persisted",
+            1 + burst
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT persisted_at) FROM ratings WHERE customer_id <> $1",
+    )
+    .bind(lone)
+    .fetch_one(&db)
+    .await
+    .expect("transactions");
+    assert_rating_totals_match_rows(&db).await;
+    (lone_took, transactions)
+}
+
+#[tokio::test]
+async fn the_linger_persists_a_burst_in_few_batches_and_a_lone_rating_at_once() {
+    // A burst that ends well inside the linger: one batch, two if a slow machine stretches it.
+    let (lone_took, transactions) = lone_rating_then_a_burst(3_000, 30).await;
+    assert!(
+        transactions <= 2,
+        "30 ratings over ~0.6 s persisted in {transactions} transactions with a 3 s linger"
+    );
+    // The persister was idle, blocked in its read: the linger did not delay the lone rating.
+    assert!(
+        lone_took < Duration::from_millis(1_500),
+        "a lone rating took {lone_took:?} to be persisted"
+    );
+    // Without the linger the same burst takes a transaction per few ratings: the count above is
+    // the linger's doing.
+    let (_, transactions) = lone_rating_then_a_burst(0, 30).await;
+    assert!(
+        transactions >= 8,
+        "without a linger 30 spaced ratings were persisted in only {transactions} transactions"
+    );
+}
