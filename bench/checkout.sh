@@ -54,9 +54,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
-say "baselines: bench/pg-2pc-ceiling.sh $CLIENTS $DURATION"
+# A free port now: the script's fixed default (55600) lies in the ephemeral range, where a
+# client's connection on the busy machine sometimes holds it.
+baseline_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+say "baselines: bench/pg-2pc-ceiling.sh $CLIENTS $DURATION $baseline_port"
 PATH="$(dirname "$(readlink -f "$(ls /usr/lib/postgresql/15/bin/pg_ctl)")"):$PATH" \
-  bench/pg-2pc-ceiling.sh "$CLIENTS" "$DURATION" | tee "$out/baselines.txt"
+  bench/pg-2pc-ceiling.sh "$CLIENTS" "$DURATION" "$baseline_port" | tee "$out/baselines.txt"
 
 say "starting the platform in $work ($PG_NODES PostgreSQL member(s))"
 start_platform "$work/platform" --pg-nodes "$PG_NODES"

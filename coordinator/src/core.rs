@@ -223,6 +223,7 @@ impl Coordinator {
                 gxid,
                 owner: this.owner.clone(),
                 epoch,
+                created_at: None,
             };
             tokio::select! {
                 () = lease.lost() => {

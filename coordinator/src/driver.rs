@@ -81,6 +81,11 @@ impl Coordinator {
         if tx.epoch != fence.epoch || tx.lease_owner.as_deref() != Some(fence.owner.as_str()) {
             return Err(Stop::LeaseLost);
         }
+        // From here on every write also names this record (see `Fence::created_at`).
+        let fence = &Fence {
+            created_at: Some(tx.view.created_at),
+            ..fence.clone()
+        };
         loop {
             let state = tx.view.state;
             if state.is_final() {

@@ -27,12 +27,18 @@ const UNFINISHED: [&str; 5] = [
     "compensating",
 ];
 
-/// Who may write to a transaction: its lease owner in one epoch.
+/// Who may write to a transaction: its lease owner in one epoch — of one record of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
     pub gxid: Uuid,
     pub owner: String,
     pub epoch: i32,
+    /// The `created_at` of the record the driver holds (`None` until it has it). A 2PC record is
+    /// not forced (see [`record_forced`]): when a crash of the database loses it, the caller sends
+    /// the same gxid again and a *new* record starts at epoch 1, possibly leased to this very
+    /// process. The old driver, if still running, must not write to the new record — its
+    /// prepares may since have been rolled back as orphans — so its writes also name the record.
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// A transaction as stored, with what a driver needs beyond its representation.
@@ -53,9 +59,42 @@ impl Stored {
     }
 }
 
+/// Whether the record of a new transaction of `mode` is forced: flushed (and, on a cluster, applied
+/// by the synchronous standby) before the statement returns. A write that is not forced is still
+/// committed and visible to every session at once; only a crash of the database within a moment of
+/// it (a fraction of a second: the WAL writer's delay) can lose it, and then every later write of
+/// the same database is lost with it — a forced commit flushes all the log before its own record.
+///
+/// - **A 2PC record is not forced** (presumed abort). If it is lost, so is anything written after
+///   it in this database, so no decision exists: the transaction is aborted by whoever finds its
+///   traces — prepared branches with no record are orphans the scan rolls back, and the driver that
+///   is still running finds its row gone at the decision and stops (its fenced write matches no
+///   row), as a driver that lost its lease does. The caller, told nothing final, resubmits the
+///   same gxid, which is then a new transaction over the same idempotent branches.
+/// - **A saga record is forced**: a saga's actions commit as they go, and nothing but its record
+///   would ever compensate them.
+///
+/// See docs/TRANSACTIONS.md, "What is forced".
+pub fn record_forced(mode: Mode) -> bool {
+    mode == Mode::Saga
+}
+
+/// Whether a transition to `to` is forced (see [`record_forced`]). Every decision is (`committing`,
+/// `aborting`, `compensating`, and `completed`, which is a saga's commit point); the final state
+/// that follows a forced decision is not (`committed`, `aborted`, `compensated`): if it is lost,
+/// the transaction is back in its decided state with a lease that expires, and recovery drives
+/// phase 2 (or the compensations) again, which the participants answer idempotently.
+pub fn transition_forced(to: TxState) -> bool {
+    !matches!(
+        to,
+        TxState::Committed | TxState::Aborted | TxState::Compensated
+    )
+}
+
 /// Records a new transaction (and its branches, `pending`) leased to `owner`, in one statement;
 /// `None` when the gxid already exists. Committed before this returns, so before any participant
-/// hears of it. Returns the transaction as stored, so its driver need not read it back.
+/// hears of it (forced or not: see [`record_forced`]). Returns the transaction as stored, so its
+/// driver need not read it back.
 pub async fn insert(
     pool: &PgPool,
     submission: &Submission,
@@ -102,7 +141,9 @@ pub async fn insert(
              FROM g, unnest($8::integer[], $9::text[], $10::text[], $11::text[])
                  AS t(position, service, branch, gid)
          )
-         SELECT attempts, deadline, created_at, updated_at, remaining_ms FROM g",
+         SELECT attempts, deadline, created_at, updated_at, remaining_ms,
+                CASE WHEN NOT $12 THEN set_config('synchronous_commit', 'off', true) END
+         FROM g",
     )
     .bind(submission.gxid)
     .bind(submission.mode.as_str())
@@ -115,6 +156,7 @@ pub async fn insert(
     .bind(&services)
     .bind(&names)
     .bind(&gids)
+    .bind(record_forced(submission.mode))
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else {
@@ -275,6 +317,7 @@ pub async fn transition(
                  lease_until = CASE WHEN $8 THEN NULL ELSE lease_until END,
                  finished_at = CASE WHEN $8 THEN now() ELSE finished_at END
              WHERE gxid = $1 AND lease_owner = $2 AND attempts = $3 AND state = ANY($7)
+               AND ($16::timestamptz IS NULL OR created_at = $16)
              RETURNING gxid, updated_at, decided_at, finished_at,
                        extract(epoch FROM now() - created_at)::float8 AS age_s
          ), b AS (
@@ -286,7 +329,9 @@ pub async fn transition(
                             $14::integer[]) AS u(position, state, refusal, set_error, last_error, calls)
              WHERE br.gxid = g.gxid AND br.position = u.position
          )
-         SELECT updated_at, decided_at, finished_at, age_s FROM g",
+         SELECT updated_at, decided_at, finished_at, age_s,
+                CASE WHEN NOT $15 THEN set_config('synchronous_commit', 'off', true) END
+         FROM g",
     )
     .bind(fence.gxid)
     .bind(&fence.owner)
@@ -302,6 +347,8 @@ pub async fn transition(
     .bind(&updates.set_errors)
     .bind(&updates.errors)
     .bind(&updates.calls)
+    .bind(transition_forced(transition.to))
+    .bind(fence.created_at)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else {
@@ -372,6 +419,7 @@ pub async fn update_branch(
         "WITH lease AS (
              SELECT gxid FROM global_transactions
              WHERE gxid = $1 AND lease_owner = $2 AND attempts = $3
+               AND ($10::timestamptz IS NULL OR created_at = $10)
              FOR SHARE
          )
          UPDATE branches b
@@ -390,6 +438,7 @@ pub async fn update_branch(
     .bind(update.last_error.is_some())
     .bind(update.last_error.clone().flatten())
     .bind(update.calls)
+    .bind(fence.created_at)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

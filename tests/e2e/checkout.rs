@@ -289,6 +289,31 @@ async fn a_checkout_takes_stock_and_credit_once_in_both_modes_and_replays_its_an
         let replayed: Value = again.json().await?;
         assert_eq!(replayed, first);
 
+        // The final outcome is written unforced (docs/TRANSACTIONS.md, "What is forced"): a crash
+        // of the database may lose it, leaving the record as it was before. A repeat then asks the
+        // coordinator again, gives the same answer, and records the outcome again.
+        let undone = sqlx::query(
+            "UPDATE checkouts SET status = 'started', protocol_state = NULL, problem = NULL
+             WHERE idempotency_key = $1 AND status = 'committed'",
+        )
+        .bind(&key)
+        .execute(&shop.orders_db)
+        .await?
+        .rows_affected();
+        assert_eq!(undone, 1, "{mode}");
+        let relearned = shop
+            .checkout(&buyer, &key, mode, &[(&a, 2), (&b, 1)])
+            .await?;
+        assert_eq!(relearned.status(), StatusCode::CREATED, "{mode}");
+        let relearned: Value = relearned.json().await?;
+        assert_eq!(relearned, first, "{mode}");
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM checkouts WHERE idempotency_key = $1")
+                .bind(&key)
+                .fetch_one(&shop.orders_db)
+                .await?;
+        assert_eq!(status, "committed", "{mode}: recorded again");
+
         // The same key for another basket is refused.
         let other = shop.checkout(&buyer, &key, mode, &[(&a, 1)]).await?;
         expect_problem(other, 422).await;

@@ -4,6 +4,7 @@
 
 mod api;
 mod crash;
+mod durability;
 mod helpers;
 mod orphans;
 mod recovery;

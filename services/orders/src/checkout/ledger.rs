@@ -142,6 +142,15 @@ pub async fn by_order(pool: &PgPool, order_id: Uuid) -> Result<Option<CheckoutRo
 /// returned. The message is written only when this call made the checkout final (when the guard
 /// kept an already-final row, whoever made it final wrote it, in its own statement); a repeat would
 /// change nothing anyway (one message per order and kind).
+///
+/// A final status (`committed`, `aborted`) is written *unforced* (`synchronous_commit = off` for
+/// this statement's commit): it only copies what the coordinator decided, durably, before phase 2
+/// (or, for a checkout that never reached it, what the next read decides the same way again).
+/// If a crash of the database loses it, the record is back to `started`/`pending`, and the next
+/// read of the order or repeat of the key asks the coordinator again and writes it again (with its
+/// message, which is idempotent) — the state every coordinator crash test already leaves. Moves to
+/// `pending` stay forced: "pending" keeps the request that started the checkout from withdrawing it
+/// (see [`mark_submitting`]), and are rare (an outcome not known within the wait).
 pub async fn update(
     pool: &PgPool,
     row: &CheckoutRow,
@@ -171,11 +180,12 @@ pub async fn update(
          )
          SELECT ",
         columns!(),
-        " FROM u
+        ", CASE WHEN $8 THEN set_config('synchronous_commit', 'off', true) END AS unforced
+         FROM u
          UNION ALL
          SELECT ",
         columns!(),
-        " FROM checkouts WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM u)"
+        ", NULL FROM checkouts WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM u)"
     ))
     .bind(row.id)
     .bind(status)
@@ -184,6 +194,7 @@ pub async fn update(
     .bind(Uuid::now_v7())
     .bind(kind)
     .bind(text)
+    .bind(message.is_some())
     .fetch_one(pool)
     .await
 }
