@@ -206,9 +206,10 @@ impl ClusterPool {
             topology: Arc::new(RwLock::new(topology)),
             settings,
         };
-        pool.wait_for_primary(Duration::from_secs(config.startup_timeout_seconds))
+        let probes = pool
+            .wait_for_primary(Duration::from_secs(config.startup_timeout_seconds))
             .await?;
-        tokio::spawn(pool.clone().probe_loop());
+        tokio::spawn(pool.clone().probe_loop(probes));
         Ok(pool)
     }
 
@@ -305,14 +306,21 @@ impl ClusterPool {
         self.topology.read().map(|t| t.clone()).unwrap_or_default()
     }
 
-    async fn wait_for_primary(&self, within: Duration) -> anyhow::Result<()> {
+    /// Probes until a primary answers; hands its probe connections on to the probe loop. (A loop
+    /// that connected afresh made its first round pay every member's connect and login again,
+    /// under the load of a whole platform starting: one timed-out connect to the primary, and a
+    /// service that had just found it refused writes for a round.)
+    async fn wait_for_primary(
+        &self,
+        within: Duration,
+    ) -> anyhow::Result<Vec<Option<PgConnection>>> {
         let deadline = tokio::time::Instant::now() + within;
         let mut probes: Vec<Option<PgConnection>> = Vec::new();
         probes.resize_with(self.nodes.len(), || None);
         loop {
             self.probe_all(&mut probes).await;
             if self.topology().primary().is_some() {
-                return Ok(());
+                return Ok(probes);
             }
             if tokio::time::Instant::now() > deadline {
                 let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -323,9 +331,7 @@ impl ClusterPool {
         }
     }
 
-    async fn probe_loop(self) {
-        let mut probes: Vec<Option<PgConnection>> = Vec::new();
-        probes.resize_with(self.nodes.len(), || None);
+    async fn probe_loop(self, mut probes: Vec<Option<PgConnection>>) {
         while !self.primary.is_closed() {
             self.probe_all(&mut probes).await;
             tokio::time::sleep(self.settings.probe_interval).await;
