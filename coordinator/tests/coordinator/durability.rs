@@ -20,25 +20,8 @@ async fn a_lost_committed_state_is_committed_again_by_recovery_and_applied_once(
     let world = world().await;
     let gxid = Uuid::now_v7();
     world
-        .seed(
-            gxid,
-            "2pc",
-            "committing",
-            &[
-                (&world.alpha, take("widget", 4), "prepared"),
-                (&world.beta, take("gadget", 2), "prepared"),
-            ],
-        )
+        .seed_both_prepared(gxid, "committing", &["prepare", "commit"])
         .await;
-    for (p, payload) in [
-        (&world.alpha, take("widget", 4)),
-        (&world.beta, take("gadget", 2)),
-    ] {
-        for op in ["prepare", "commit"] {
-            let (status, body) = p.call("2pc", &gid(gxid, p.branch), op, &payload).await;
-            assert_eq!(status, StatusCode::OK, "{op}: {body}");
-        }
-    }
 
     let coordinator = world.coordinator().await;
 
@@ -65,25 +48,8 @@ async fn lost_aborted_and_compensated_states_are_finished_again_without_giving_b
     let world = world().await;
     let aborted = Uuid::now_v7();
     world
-        .seed(
-            aborted,
-            "2pc",
-            "aborting",
-            &[
-                (&world.alpha, take("widget", 4), "prepared"),
-                (&world.beta, take("gadget", 2), "prepared"),
-            ],
-        )
+        .seed_both_prepared(aborted, "aborting", &["prepare", "abort"])
         .await;
-    for (p, payload) in [
-        (&world.alpha, take("widget", 4)),
-        (&world.beta, take("gadget", 2)),
-    ] {
-        for op in ["prepare", "abort"] {
-            let (status, body) = p.call("2pc", &gid(aborted, p.branch), op, &payload).await;
-            assert_eq!(status, StatusCode::OK, "{op}: {body}");
-        }
-    }
     // A saga whose first step acted and was compensated, and whose second was refused.
     let compensated = Uuid::now_v7();
     world

@@ -756,6 +756,31 @@ impl World {
         }
         tx.commit().await.expect("commit the seed");
     }
+
+    /// A 2PC transaction a dead coordinator left in `state` with both branches prepared (4 widgets
+    /// from alpha, 2 gadgets from beta), each participant having been sent `ops` in turn (e.g.
+    /// `prepare` then `commit`: a phase 2 that was done before its final state was lost).
+    pub async fn seed_both_prepared(&self, gxid: Uuid, state: &str, ops: &[&str]) {
+        self.seed(
+            gxid,
+            "2pc",
+            state,
+            &[
+                (&self.alpha, take("widget", 4), "prepared"),
+                (&self.beta, take("gadget", 2), "prepared"),
+            ],
+        )
+        .await;
+        for (p, payload) in [
+            (&self.alpha, take("widget", 4)),
+            (&self.beta, take("gadget", 2)),
+        ] {
+            for op in ops {
+                let (status, body) = p.call("2pc", &gid(gxid, p.branch), op, &payload).await;
+                assert_eq!(status, StatusCode::OK, "{op}: {body}");
+            }
+        }
+    }
 }
 
 /// A submission taking `a` widgets from alpha, then `b` gadgets from beta.

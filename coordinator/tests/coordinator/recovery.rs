@@ -55,25 +55,8 @@ async fn a_transaction_left_committing_by_a_dead_coordinator_is_committed() {
     let world = world().await;
     let gxid = Uuid::now_v7();
     world
-        .seed(
-            gxid,
-            "2pc",
-            "committing",
-            &[
-                (&world.alpha, take("widget", 4), "prepared"),
-                (&world.beta, take("gadget", 2), "prepared"),
-            ],
-        )
+        .seed_both_prepared(gxid, "committing", &["prepare"])
         .await;
-    for (p, payload) in [
-        (&world.alpha, take("widget", 4)),
-        (&world.beta, take("gadget", 2)),
-    ] {
-        let (status, _) = p
-            .call("2pc", &gid(gxid, p.branch), "prepare", &payload)
-            .await;
-        assert_eq!(status, StatusCode::OK);
-    }
 
     let coordinator = world.coordinator().await;
 
