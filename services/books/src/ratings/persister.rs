@@ -180,8 +180,7 @@ impl Persister {
             .context("XACK/XDEL timed out")??;
         metrics::counter!("bookstore_ratings_persisted_total").increment(acked.max(0) as u64);
         metrics::histogram!("bookstore_ratings_batch_entries").record(ids.len() as f64);
-        metrics::gauge!("bookstore_ratings_stream_backlog").set(backlog as f64);
-        schedule.next_backlog = Instant::now() + BACKLOG_EVERY;
+        schedule.backlog_read(backlog);
         tracing::debug!(entries = ids.len(), acked, "ratings batch persisted");
         self.cache.books_changed(&books).await;
         Ok(ids.len())
@@ -199,8 +198,7 @@ impl Persister {
         let len = tokio::time::timeout(QUICK, xlen.query_async::<i64>(conn))
             .await
             .context("XLEN timed out")??;
-        metrics::gauge!("bookstore_ratings_stream_backlog").set(len as f64);
-        schedule.next_backlog = Instant::now() + BACKLOG_EVERY;
+        schedule.backlog_read(len);
         Ok(())
     }
 
@@ -297,6 +295,12 @@ impl Schedule {
             next_claim: now,
             next_backlog: now,
         }
+    }
+
+    /// Reports the backlog just read (`XLEN`) and puts off the next read.
+    fn backlog_read(&mut self, len: i64) {
+        metrics::gauge!("bookstore_ratings_stream_backlog").set(len as f64);
+        self.next_backlog = Instant::now() + BACKLOG_EVERY;
     }
 }
 
