@@ -379,7 +379,7 @@ async fn start_redis(args: &UpArgs, running: &mut Running) -> anyhow::Result<Vec
     let mut nodes = Vec::new();
     for n in 1..=args.redis_nodes {
         let name = format!("redis-{n}");
-        let log = running.dir.join("logs").join(format!("{name}.log"));
+        let log = log_of(&running.dir, &name);
         let options = crate::redis::RedisOptions {
             name: name.clone(),
             dir: running.dir.join("redis").join(n.to_string()),
