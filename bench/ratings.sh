@@ -60,7 +60,7 @@ seeded_platform() {
 # pg_note <dir> <label>: appends "<label> <WAL bytes so far> <commits in the books database so far>
 # <table>=<updates>/<HOT updates> …" of the platform's primary to $out/pg.txt: the WAL each persisted
 # rating cost, the transactions (write-behind: about one per persisted batch), whether the totals
-# updates were HOT (`books` held the totals before 0004, `book_rating_totals` after it).
+# updates were HOT (`books` held the totals before 0004, `book_rating_totals` after it; `ratings`: re-ratings, HOT since 0005).
 pg_note() {
   PGPASSWORD=$(json_field "$1/secrets.json" postgres_superuser) psql -X -h 127.0.0.1 \
     -p "$(json_field "$1/state.json" postgres_port)" -U postgres -d books -Atqc \
@@ -68,7 +68,7 @@ pg_note() {
             || (SELECT xact_commit FROM pg_stat_database WHERE datname = 'books') || ' '
             || coalesce(string_agg(relname || '=' || n_tup_upd || '/' || n_tup_hot_upd, ' '
                                    ORDER BY relname), '')
-       FROM pg_stat_user_tables WHERE relname IN ('books', 'book_rating_totals')" >>"$out/pg.txt"
+       FROM pg_stat_user_tables WHERE relname IN ('books', 'book_rating_totals', 'ratings')" >>"$out/pg.txt"
 }
 
 # batch_note <dir> <label>: appends "<label> <entries> <batches> <p50s…>" to $out/batches.txt — the

@@ -359,3 +359,38 @@ async fn a_batch_that_leaves_a_books_totals_as_they_were_neither_rewrites_them_n
     assert!(moved.is_empty(), "{moved:?}");
     assert_rating_totals_match_rows(&db).await;
 }
+
+/// A re-rating rewrites its row as a HOT update (migration 0005): no indexed column changes — the
+/// rating's new id is not indexed — and the table's pages keep room for the new version, so the
+/// upsert adds nothing to the indexes (nor to the WAL the replicas replay). Each batch is its own
+/// transaction, as the persisters' are, and is counted by PostgreSQL's per-transaction counters,
+/// which are exact. (20 rows and three versions of each fit on one 8 kB page, so no batch depends
+/// on pruning; with `ratings_rating_id_key` none of the updates is HOT.)
+#[tokio::test]
+async fn re_ratings_are_hot_updates_that_touch_no_index() {
+    let (_app, db, books) = books(2).await;
+    let customers: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    for (ms, stars) in [(1, 3), (2, 5), (3, 4)] {
+        let batch: Vec<Entry> = customers
+            .iter()
+            .flat_map(|c| books.iter().map(move |b| entry(ms, *c, *b, stars)))
+            .collect();
+        let mut tx = db.begin().await.expect("a transaction");
+        apply(&mut tx, batch).await.expect("a batch");
+        let (updated, hot): (i64, i64) = sqlx::query_as(
+            "SELECT pg_stat_get_xact_tuples_updated('ratings'::regclass),
+                    pg_stat_get_xact_tuples_hot_updated('ratings'::regclass)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .expect("the transaction's counters");
+        tx.commit().await.expect("commit");
+        assert_eq!(updated, if ms == 1 { 0 } else { 20 }, "batch {ms}: updates");
+        assert_eq!(
+            hot, updated,
+            "batch {ms}: re-ratings that were not HOT updates"
+        );
+    }
+    assert_eq!(totals(&db, books[0]).await, (10, 40));
+    assert_rating_totals_match_rows(&db).await;
+}
