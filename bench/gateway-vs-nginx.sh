@@ -25,6 +25,11 @@
 #   BENCH_PROFILE=1          also `perf record` the gateway during one more run (top DSOs and
 #                             symbols in $BENCH_OUT/raw/profile-gateway.txt)
 #   BOOKSTORE_BIN=<path>      use this bookstore binary instead of building the release one
+#   BARE_PROXY=1              also measure gateway/examples/bare_proxy.rs (built here, release):
+#                             the gateway's HTTP stack — axum server, hyper_util client, one
+#                             current-thread runtime — forwarding to the same books with nothing
+#                             else: the floor the gateway's own work sits on (BARE_PROXY_BIN=<path>
+#                             uses a built one)
 #   BASELINE_BIN=<path>       also measure a second gateway from this binary (e.g. the last
 #                             release), started with the first gateway's environment, same registry
 #                             and upstream: a before/after comparison within one run
@@ -240,6 +245,27 @@ if [[ -n "${BASELINE_BIN:-}${BASELINE_ENV:-}" ]]; then
   done
 fi
 
+if [[ "${BARE_PROXY:-}" == 1 ]]; then
+  bare_bin=${BARE_PROXY_BIN:-}
+  if [[ -z "$bare_bin" ]]; then
+    say "building gateway/examples/bare_proxy.rs (release)"
+    cargo build --release --quiet -p gateway --example bare_proxy
+    bare_bin="$(cargo metadata --format-version 1 --no-deps |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/bare_proxy"
+  fi
+  port=$(free_port)
+  "${on_proxy_cpu[@]}" "$bare_bin" "127.0.0.1:$port" "$books_addr" >"$work/bare.log" 2>&1 &
+  bare_pid=$!
+  nginx_pids+=("$bare_pid") # stopped on exit with the nginx instances
+  targets+=(bare)
+  url[bare]="http://127.0.0.1:$port"
+  proxy_pid[bare]=$bare_pid
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "${url[bare]}$path" && break
+    sleep 0.1
+  done
+fi
+
 # Every target must answer the same 200 before anything is measured.
 expected=$(curl -sf "$books_url$path")
 for t in "${targets[@]}"; do
@@ -350,7 +376,7 @@ import json, os, re, statistics, sys
 rounds = int(rounds)
 targets = targets.split()
 label = {"direct": "direct (books)", "nginx1": "nginx, 1 worker", "nginxauto": "nginx, auto workers",
-         "gateway": "gateway", "baseline": "gateway (baseline)"}
+         "gateway": "gateway", "baseline": "gateway (baseline)", "bare": "bare axum+hyper proxy"}
 raw = os.path.join(out, "raw")
 
 def ms(value):

@@ -13,9 +13,10 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -197,6 +198,7 @@ async fn serve_listener(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let signal = shutdown.clone();
+    let listener = no_delay(listener);
     let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -219,6 +221,22 @@ async fn serve_listener(
             );
             Ok(())
         }
+    }
+}
+
+/// A listener whose connections answer as soon as an answer is written (nginx's `tcp_nodelay
+/// on`); axum leaves sockets as accepted. With Nagle's algorithm on, the second write of an answer
+/// written in two — a proxied answer's head, then its body as it arrives — waits until the client
+/// has acknowledged the first, and a client that delays its ACK holds it for up to 40 ms.
+type NoDelay = axum::serve::TapIo<TcpListener, fn(&mut TcpStream)>;
+
+fn no_delay(listener: TcpListener) -> NoDelay {
+    listener.tap_io(set_nodelay as fn(&mut TcpStream))
+}
+
+fn set_nodelay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
     }
 }
 
@@ -372,6 +390,28 @@ fn new_traceparent() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The connections `serve` accepts have Nagle's algorithm off; a plain accept leaves it on.
+    #[tokio::test]
+    async fn accepted_connections_answer_without_nagles_delay() {
+        use axum::serve::Listener;
+        for wrapped in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let connect = TcpStream::connect(addr);
+            let nodelay = if wrapped {
+                let mut listener = no_delay(listener);
+                let ((stream, _), client) = tokio::join!(listener.accept(), connect);
+                client.expect("connect");
+                stream.nodelay()
+            } else {
+                let (accepted, client) = tokio::join!(listener.accept(), connect);
+                client.expect("connect");
+                accepted.expect("accept").0.nodelay()
+            };
+            assert_eq!(nodelay.expect("TCP_NODELAY"), wrapped);
+        }
+    }
 
     /// One HTTP/1.1 GET on a fresh connection; the status code and the body.
     async fn get_once(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
