@@ -226,6 +226,19 @@ targets=(direct nginx1 nginxauto gateway)
 declare -A url=([direct]=$books_url [nginx1]=$nginx1_url [nginxauto]=$nginxauto_url [gateway]=$gateway_url)
 declare -A proxy_pid=([direct]="" [nginx1]=$nginx1_pid [nginxauto]=$nginxauto_pid [gateway]=$gateway_pid)
 
+# add_target <name> <pid> <url>: one more proxy to measure, stopped on exit with the nginx
+# instances; waits (at most 10 s) until it answers.
+add_target() {
+  nginx_pids+=("$2")
+  targets+=("$1")
+  url[$1]=$3
+  proxy_pid[$1]=$2
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "$3$path" && return
+    sleep 0.1
+  done
+}
+
 if [[ -n "${BASELINE_BIN:-}${BASELINE_ENV:-}" ]]; then
   # The same settings as up's gateway (its environment, plus BASELINE_ENV), on a port of its own.
   port=$(free_port)
@@ -235,14 +248,7 @@ if [[ -n "${BASELINE_BIN:-}${BASELINE_ENV:-}" ]]; then
     BOOKSTORE_HTTP__PORT_FILE="$work/baseline.addr" "${BASELINE_BIN:-$BOOKSTORE}" gateway >"$work/baseline.log" 2>&1 &
   baseline_pid=$!
   pin_proxy "$baseline_pid"
-  nginx_pids+=("$baseline_pid") # stopped on exit with the nginx instances
-  targets+=(baseline)
-  url[baseline]="http://127.0.0.1:$port"
-  proxy_pid[baseline]=$baseline_pid
-  for _ in $(seq 1 100); do
-    curl -sf -o /dev/null "${url[baseline]}$path" && break
-    sleep 0.1
-  done
+  add_target baseline "$baseline_pid" "http://127.0.0.1:$port"
 fi
 
 if [[ "${BARE_PROXY:-}" == 1 ]]; then
@@ -255,15 +261,7 @@ if [[ "${BARE_PROXY:-}" == 1 ]]; then
   fi
   port=$(free_port)
   "${on_proxy_cpu[@]}" "$bare_bin" "127.0.0.1:$port" "$books_addr" >"$work/bare.log" 2>&1 &
-  bare_pid=$!
-  nginx_pids+=("$bare_pid") # stopped on exit with the nginx instances
-  targets+=(bare)
-  url[bare]="http://127.0.0.1:$port"
-  proxy_pid[bare]=$bare_pid
-  for _ in $(seq 1 100); do
-    curl -sf -o /dev/null "${url[bare]}$path" && break
-    sleep 0.1
-  done
+  add_target bare "$!" "http://127.0.0.1:$port"
 fi
 
 # Every target must answer the same 200 before anything is measured.
