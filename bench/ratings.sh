@@ -59,8 +59,9 @@ seeded_platform() {
 
 # pg_note <dir> <label>: appends "<label> <WAL bytes so far> <commits in the books database so far>
 # <table>=<updates>/<HOT updates> …" of the platform's primary to $out/pg.txt: the WAL each persisted
-# rating cost, the transactions (write-behind: about one per persisted batch), whether the totals
-# updates were HOT (`books` held the totals before 0004, `book_rating_totals` after it; `ratings`: re-ratings, HOT since 0005).
+# rating cost, the transactions (write-behind: about one per persisted batch), whether the updates
+# were HOT (the totals: `books` before migration 0004, `book_rating_totals` after it; re-ratings:
+# `ratings`, HOT since 0005).
 pg_note() {
   PGPASSWORD=$(json_field "$1/secrets.json" postgres_superuser) psql -X -h 127.0.0.1 \
     -p "$(json_field "$1/state.json" postgres_port)" -U postgres -d books -Atqc \

@@ -76,10 +76,7 @@ fn main() -> anyhow::Result<()> {
             .with_state(Upstream { client, authority });
         let listener = tokio::net::TcpListener::bind(listen).await?;
         println!("{}", listener.local_addr()?);
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        axum::serve(listener, app).await?;
+        axum::serve(platform::server::no_delay(listener), app).await?;
         Ok(())
     })
 }

@@ -228,9 +228,10 @@ async fn serve_listener(
 /// on`); axum leaves sockets as accepted. With Nagle's algorithm on, the second write of an answer
 /// written in two — a proxied answer's head, then its body as it arrives — waits until the client
 /// has acknowledged the first, and a client that delays its ACK holds it for up to 40 ms.
-type NoDelay = axum::serve::TapIo<TcpListener, fn(&mut TcpStream)>;
+pub type NoDelay = axum::serve::TapIo<TcpListener, fn(&mut TcpStream)>;
 
-fn no_delay(listener: TcpListener) -> NoDelay {
+/// `listener` with `TCP_NODELAY` set on every connection it accepts (see [`NoDelay`]).
+pub fn no_delay(listener: TcpListener) -> NoDelay {
     listener.tap_io(set_nodelay as fn(&mut TcpStream))
 }
 
