@@ -2,12 +2,17 @@
 //! terminated under an idle pool (what a server restart does to it): a connection idle for longer
 //! than `PING_IDLE_AFTER` is pinged and replaced before anyone sees it; one used just before is
 //! handed out unpinged, so its statement fails — as a lost connection, which callers retry or
-//! answer 503 — and the pool then recovers by itself.
+//! answer 503 — and the pool then recovers by itself. A cluster pool whose probe finds its
+//! connection closed (the server went down or restarted) drops the pooled connections made before
+//! unused, so not even those fail a caller.
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use platform::db::DbConfig;
 use platform::db::acquire::PING_IDLE_AFTER;
+use platform::db::cluster::{ClusterPool, ProbeSettings};
 use platform::db::retry::{ErrorClass, classify};
 use sqlx::PgPool;
 use testkit::TestPostgres;
@@ -16,6 +21,15 @@ const CONNECTIONS: u32 = 4;
 
 /// Fills the pool with `CONNECTIONS` idle connections and terminates their backends.
 async fn kill_idle_connections(pool: &PgPool, admin: &PgPool) -> anyhow::Result<()> {
+    kill_idle_connections_and(pool, admin, &[]).await
+}
+
+/// [`kill_idle_connections`], and the backends of `others` too.
+async fn kill_idle_connections_and(
+    pool: &PgPool,
+    admin: &PgPool,
+    others: &[i32],
+) -> anyhow::Result<()> {
     let mut held = Vec::new();
     let mut pids = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -30,13 +44,14 @@ async fn kill_idle_connections(pool: &PgPool, admin: &PgPool) -> anyhow::Result<
     // Returned to the pool by spawned tasks (after sqlx's release check).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(pool.num_idle(), CONNECTIONS as usize);
+    pids.extend_from_slice(others);
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest($1::int[]) AS pid",
     )
     .bind(&pids)
     .fetch_one(admin)
     .await?;
-    assert_eq!(killed, i64::from(CONNECTIONS));
+    assert_eq!(killed, pids.len() as i64);
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
 }
@@ -107,4 +122,82 @@ async fn dead_idle_connections_are_pinged_away_after_a_second_and_fail_once_as_l
         assert_eq!(one, 1);
     }
     Ok(())
+}
+
+/// The backend of the cluster pool's probe connection (the one running its probe query).
+async fn probe_backend(admin: &PgPool) -> anyhow::Result<i32> {
+    let pid: Option<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_is_in_recovery(), (CASE%' LIMIT 1",
+    )
+    .fetch_optional(admin)
+    .await?;
+    pid.ok_or_else(|| anyhow::anyhow!("no probe connection"))
+}
+
+#[tokio::test]
+async fn a_probe_that_finds_its_connection_closed_fences_the_pooled_ones() -> anyhow::Result<()> {
+    let pg = TestPostgres::start().await?;
+    let url = pg.service_database("shop").await?;
+    let admin = PgPool::connect(&pg.admin_url("postgres")).await?;
+    let config = DbConfig {
+        url,
+        max_connections: CONNECTIONS,
+        ..DbConfig::default()
+    };
+    let probe_interval = Duration::from_millis(50);
+    let cluster = ClusterPool::connect_with(
+        &config,
+        ProbeSettings {
+            probe_interval,
+            ..ProbeSettings::default()
+        },
+    )
+    .await?;
+    let pool = cluster.primary();
+
+    // The server "went away" for the probe and the pool alike (its backends terminated, as a
+    // restart or a crash does); the probe notices at its next round — a closed connection, not
+    // a timeout — and comes back the round after. Only a check that starts within a second of
+    // the connections' last use shows anything (older ones are pinged anyway): a slow round is
+    // tried again.
+    for _ in 0..5 {
+        let probe = probe_backend(&admin).await?;
+        kill_idle_connections_and(pool, &admin, &[probe]).await?;
+        let used = Instant::now();
+        let deadline = used + Duration::from_secs(10);
+        while probe_backend(&admin)
+            .await
+            .ok()
+            .is_none_or(|pid| pid == probe)
+            || cluster.topology().writes_refused
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the probe never reconnected");
+            tokio::time::sleep(probe_interval / 5).await;
+        }
+        // With a margin: the tasks acquire a moment later.
+        let in_window = used.elapsed() + Duration::from_millis(200) < PING_IDLE_AFTER;
+        let tasks: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.1)")
+                        .fetch_one(&pool)
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let one = task.await?;
+            assert!(
+                matches!(one, Ok(1)),
+                "a connection made before the probe found the server gone reached a caller: {one:?}"
+            );
+        }
+        if in_window {
+            return Ok(());
+        }
+    }
+    anyhow::bail!(
+        "no round started its check within {PING_IDLE_AFTER:?} of the connections' last use"
+    )
 }

@@ -8,11 +8,12 @@
 //! - drops, without a round trip, every connection made before its [`Fence`] was last raised: the
 //!   cluster pool's probe raises the primary pool's when the primary moves to another member (a
 //!   failover) and a pool's when the server it connects to restarted (its
-//!   `pg_postmaster_start_time()` changed), so connections to a server that died are not handed
-//!   out once the probe has noticed.
+//!   `pg_postmaster_start_time()` changed) or went down (closed the probe's connection or refused
+//!   a new one — not a probe that merely timed out), so connections to a server that died are
+//!   not handed out once the probe has noticed.
 //!
 //! What is left: a server that dies (or restarts) within [`PING_IDLE_AFTER`] of a connection's
-//! last use, before anything noticed. The statement on that connection fails with a lost
+//! last use, before the probe noticed (within its interval, 500 ms). The statement on that connection fails with a lost
 //! connection (`retry::ErrorClass::ConnectionLost`) — as one would when the server dies between
 //! the ping and the statement, or during it, which every caller handles already: idempotent work is
 //! retried ([`super::retry::retry_idempotent`], the coordinator's loops, the participants' callers),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::PgPool;
 
 /// One measurement: `offset` > 0 means this process's clock is ahead of the database's.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ClockOffset {
     /// Local time minus database time at the moment the database read its clock, in seconds.
     pub offset_seconds: f64,
@@ -63,7 +63,8 @@ pub async fn measure(pool: &PgPool) -> Result<ClockOffset, sqlx::Error> {
     Ok(offset)
 }
 
-fn unix_now() -> f64 {
+/// Seconds since the epoch by this process's wall clock (the one tokens are judged with).
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -21,6 +21,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use super::DbConfig;
 use super::acquire::{self, Fence};
+use super::clock::{self, ClockOffset};
 
 /// Run first in an eventual-model write transaction: the commit waits for the local WAL flush only.
 pub const EVENTUAL_COMMIT: &str = "SET LOCAL synchronous_commit = local";
@@ -68,12 +69,20 @@ pub struct Topology {
     pub failovers: u64,
     /// The member the primary pool last connected to (kept while no primary answers).
     pub routed_to: Option<usize>,
-    /// No primary answered the last probe: new primary connections fail at once.
+    /// No primary answers: new primary connections fail at once. Set when the primary's server
+    /// closed or refused the probe's connection, or stayed silent for [`SILENT_ROUNDS_TO_REFUSE`]
+    /// rounds in a row (one timed-out round alone may be a slow machine, not a dead primary).
     pub writes_refused: bool,
+    /// Consecutive rounds in which the primary writes go to timed out.
+    #[serde(skip)]
+    pub primary_silent_rounds: u32,
     /// The newest WAL position known to exist, as a byte position: the primary's, or while none
     /// answers, the furthest of the last primary's and the replicas'. Replicas' lag is measured
     /// against it.
     pub newest_lsn: Option<i64>,
+    /// This process's clock against the database's, read by the last probe round (the primary's
+    /// answer, else the first member's that answered); `None` when no member answered.
+    pub clock: Option<ClockOffset>,
     /// When the last probe round ended.
     #[serde(skip)]
     pub probed_at: Option<tokio::time::Instant>,
@@ -85,13 +94,23 @@ impl Topology {
     }
 }
 
+/// The clock reading of a round: the primary's, else the first answer's. Every member's clock is
+/// the same reference in a healthy cluster; the primary's is the one writes are stamped with.
+fn round_clock(results: &[Option<Probe>]) -> Option<ClockOffset> {
+    let answered = || results.iter().flatten();
+    answered()
+        .find(|p| !p.in_recovery)
+        .or_else(|| answered().next())
+        .map(|p| p.clock)
+}
+
 /// One member: where it is and a small pool for eventual reads.
 struct Node {
     name: String,
     options: PgConnectOptions,
     readers: PgPool,
-    /// Raised when the member's server restarted: its read pool's older connections are dropped
-    /// unused ([`acquire`]).
+    /// Raised when the member's server restarted or went down (closed the probe's connection,
+    /// refused a new one): its read pool's older connections are dropped unused ([`acquire`]).
     fence: Fence,
     /// The server's start time the last probe saw (`pg_postmaster_start_time()`, µs since the
     /// epoch; 0 before the first answer): a change means a restart, which closed every connection.
@@ -102,9 +121,10 @@ struct Node {
 #[derive(Clone)]
 pub struct ClusterPool {
     primary: PgPool,
-    /// Raised when the primary pool is re-pointed at another member (a failover) or the member it
-    /// points at restarted: the connections made before are dropped unused ([`acquire`]). Not
-    /// when the primary merely missed a probe round: its open connections keep serving.
+    /// Raised when the primary pool is re-pointed at another member (a failover), or the member it
+    /// points at restarted or closed the probe's connection (it went down): the connections made
+    /// before are dropped unused ([`acquire`]). Not when the primary merely missed a probe round
+    /// by a timeout: its open connections keep serving.
     primary_fence: Fence,
     nodes: Arc<Vec<Node>>,
     topology: Arc<RwLock<Topology>>,
@@ -345,13 +365,15 @@ impl ClusterPool {
     /// the primary changed, where the primary pool connects.
     async fn probe_all(&self, probes: &mut [Option<PgConnection>]) {
         let timeout = self.settings.connect_timeout;
-        let results = futures_util::future::join_all(
+        let answers = futures_util::future::join_all(
             self.nodes
                 .iter()
                 .zip(probes.iter_mut())
                 .map(|(node, conn)| probe(node, conn, timeout)),
         )
         .await;
+        let results: Vec<Option<Probe>> =
+            answers.iter().map(|a| a.as_ref().ok().cloned()).collect();
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
         let newest = newest_lsn(&results, topology.newest_lsn);
         topology.newest_lsn = newest;
@@ -364,6 +386,14 @@ impl ClusterPool {
             .enumerate()
         {
             *state = node_state(&state.node, result.as_ref(), newest);
+            if matches!(answers[index], Err(Missed::Gone)) {
+                // Its server closed the probe's connection or refused a new one: every pooled
+                // connection to it is dead too, so none is handed out to fail a caller.
+                node.fence.raise();
+                if routed_to == Some(index) {
+                    self.primary_fence.raise();
+                }
+            }
             let Some(probe) = result else { continue };
             let before = node.started.swap(probe.started_us, Ordering::AcqRel);
             if before != 0 && before != probe.started_us {
@@ -374,16 +404,23 @@ impl ClusterPool {
                 }
             }
         }
-        self.route_writes(&mut topology);
+        topology.clock = round_clock(&results);
+        let routed_missed = routed_to.and_then(|index| answers[index].as_ref().err().copied());
+        self.route_writes(&mut topology, routed_missed);
         topology.probed_at = Some(tokio::time::Instant::now());
         record_metrics(&topology);
     }
 
     /// Points the primary pool at the primary the probe found, counting a change as a failover;
     /// with none, at [`NO_PRIMARY_SOCKET`], so writes fail at once until one answers again.
-    fn route_writes(&self, topology: &mut Topology) {
+    fn route_writes(&self, topology: &mut Topology, routed_missed: Option<Missed>) {
         let Some(new) = topology.primary() else {
-            if !topology.writes_refused {
+            if routed_missed == Some(Missed::Silent) {
+                topology.primary_silent_rounds += 1;
+            }
+            if !topology.writes_refused
+                && refuse_writes(routed_missed, topology.primary_silent_rounds)
+            {
                 topology.writes_refused = true;
                 self.primary
                     .set_connect_options(self.nodes[0].options.clone().socket(NO_PRIMARY_SOCKET));
@@ -393,6 +430,7 @@ impl ClusterPool {
             }
             return;
         };
+        topology.primary_silent_rounds = 0;
         if topology.routed_to == Some(new) && !topology.writes_refused {
             return;
         }
@@ -407,6 +445,22 @@ impl ClusterPool {
         topology.writes_refused = false;
         self.primary
             .set_connect_options(self.nodes[new].options.clone());
+    }
+}
+
+/// Timed-out probe rounds in a row after which a primary that neither answers nor closed its
+/// connection counts as gone (≈ 3 s at the default interval and timeout). One alone is forgiven:
+/// on a loaded machine a probe can miss its 1 s while the primary serves, and refusing then
+/// turned writes that would have committed into 503s.
+pub const SILENT_ROUNDS_TO_REFUSE: u32 = 2;
+
+/// Whether writes are refused in a round with no primary: at once when the one writes went to
+/// closed or refused the probe's connection (down, restarting) or now answers as a standby (or
+/// none was ever routed to); after [`SILENT_ROUNDS_TO_REFUSE`] rounds of silence.
+fn refuse_writes(routed_missed: Option<Missed>, silent_rounds: u32) -> bool {
+    match routed_missed {
+        Some(Missed::Silent) => silent_rounds >= SILENT_ROUNDS_TO_REFUSE,
+        Some(Missed::Gone) | None => true,
     }
 }
 
@@ -433,40 +487,74 @@ struct Probe {
     passive: bool,
     /// `pg_postmaster_start_time()` in µs since the epoch: a change is a restart.
     started_us: i64,
+    /// This process's clock against the server's `clock_timestamp()`, over the probe's round trip.
+    clock: ClockOffset,
 }
 
 /// What [`PROBE_SQL`] returns, in its column order.
-type ProbeRow = (bool, f64, f64, bool, i64);
+type ProbeRow = (bool, f64, f64, bool, i64, f64);
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::float8, \
     CASE WHEN pg_is_in_recovery() AND (pg_is_wal_replay_paused() OR pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()) \
          THEN COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8 ELSE 0 END, \
     COALESCE(current_setting('bookstore.nofailover', true), '') = 'on', \
-    (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::int8";
+    (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::int8, \
+    EXTRACT(EPOCH FROM clock_timestamp())::float8";
 
-async fn probe(node: &Node, conn: &mut Option<PgConnection>, timeout: Duration) -> Option<Probe> {
-    if conn.is_none() {
-        let connected =
-            tokio::time::timeout(timeout, PgConnection::connect_with(&node.options)).await;
-        *conn = connected.ok().and_then(Result::ok);
-    }
-    let live = conn.as_mut()?;
-    let row: Result<Result<ProbeRow, _>, _> =
-        tokio::time::timeout(timeout, sqlx::query_as(PROBE_SQL).fetch_one(live)).await;
-    match row {
-        Ok(Ok((in_recovery, lsn, behind_seconds, passive, started_us))) => Some(Probe {
-            in_recovery,
-            lsn: lsn as i64,
-            behind_seconds,
-            passive,
-            started_us,
-        }),
-        _ => {
-            *conn = None;
-            None
+/// Why a member gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Missed {
+    /// Nothing within the timeout: maybe only slow, so its pooled connections are kept.
+    Silent,
+    /// The connection was closed or refused: the server is down or restarting.
+    Gone,
+}
+
+impl Missed {
+    fn of(err: &sqlx::Error) -> Missed {
+        match super::retry::classify(err) {
+            super::retry::ErrorClass::ConnectionLost => Missed::Gone,
+            _ => Missed::Silent,
         }
     }
+}
+
+async fn probe(
+    node: &Node,
+    conn: &mut Option<PgConnection>,
+    timeout: Duration,
+) -> Result<Probe, Missed> {
+    let live = match conn {
+        Some(live) => live,
+        None => {
+            let connected =
+                tokio::time::timeout(timeout, PgConnection::connect_with(&node.options))
+                    .await
+                    .map_err(|_| Missed::Silent)?
+                    .map_err(|e| Missed::of(&e))?;
+            conn.insert(connected)
+        }
+    };
+    let sent = clock::unix_now();
+    let row: Result<Result<ProbeRow, _>, _> =
+        tokio::time::timeout(timeout, sqlx::query_as(PROBE_SQL).fetch_one(live)).await;
+    let answer = match row {
+        Ok(Ok((in_recovery, lsn, behind_seconds, passive, started_us, database))) => {
+            return Ok(Probe {
+                in_recovery,
+                lsn: lsn as i64,
+                behind_seconds,
+                passive,
+                started_us,
+                clock: ClockOffset::from_readings(sent, database, clock::unix_now()),
+            });
+        }
+        Ok(Err(err)) => Missed::of(&err),
+        Err(_) => Missed::Silent,
+    };
+    *conn = None;
+    Err(answer)
 }
 
 fn node_state(name: &str, probe: Option<&Probe>, newest_lsn: Option<i64>) -> NodeState {
@@ -493,6 +581,9 @@ fn node_state(name: &str, probe: Option<&Probe>, newest_lsn: Option<i64>) -> Nod
 }
 
 fn record_metrics(topology: &Topology) {
+    if let Some(clock) = topology.clock {
+        metrics::gauge!("bookstore_clock_offset_seconds").set(clock.offset_seconds);
+    }
     for node in &topology.nodes {
         let label = node.node.clone();
         metrics::gauge!("bookstore_pg_node_up", "node" => label.clone())
@@ -544,6 +635,12 @@ mod tests {
         Ok(())
     }
 
+    /// A clock reading with no offset.
+    const IN_STEP: ClockOffset = ClockOffset {
+        offset_seconds: 0.0,
+        uncertainty_seconds: 0.0,
+    };
+
     #[test]
     fn a_replica_lags_by_what_it_has_not_replayed_and_an_orphan_is_untrusted() {
         let replica = Probe {
@@ -552,6 +649,7 @@ mod tests {
             behind_seconds: 0.5,
             passive: true,
             started_us: 1,
+            clock: IN_STEP,
         };
         let state = node_state("n", Some(&replica), Some(1000));
         assert_eq!(
@@ -566,6 +664,7 @@ mod tests {
             behind_seconds: 0.0,
             passive: false,
             started_us: 1,
+            clock: IN_STEP,
         };
         assert_eq!(node_state("n", Some(&primary), Some(1000)).lag_bytes, 0);
     }
@@ -577,6 +676,7 @@ mod tests {
             behind_seconds: 0.0,
             passive: false,
             started_us: 1,
+            clock: IN_STEP,
         })
     }
 
@@ -588,6 +688,7 @@ mod tests {
             behind_seconds: 0.0,
             passive: false,
             started_us: 1,
+            clock: IN_STEP,
         });
         // A primary answers: its position, whatever was known before.
         assert_eq!(
@@ -608,5 +709,34 @@ mod tests {
         assert_eq!(newest_lsn(&failover, Some(950)), Some(1000));
         // Nothing answers and nothing was known.
         assert_eq!(newest_lsn(&[None, None], None), None);
+    }
+
+    #[test]
+    fn a_round_reads_the_clock_of_the_primary_else_of_the_first_member_that_answered() {
+        let off_by = |seconds: f64, in_recovery: bool| {
+            Some(Probe {
+                in_recovery,
+                clock: ClockOffset::from_readings(seconds, 0.0, seconds),
+                ..replica_at(0).expect("a probe")
+            })
+        };
+        let offset = |results: &[Option<Probe>]| round_clock(results).map(|c| c.offset_seconds);
+        assert_eq!(offset(&[off_by(1.0, true), off_by(2.0, false)]), Some(2.0));
+        assert_eq!(
+            offset(&[None, off_by(3.0, true), off_by(4.0, true)]),
+            Some(3.0)
+        );
+        assert_eq!(offset(&[None, None]), None);
+    }
+
+    #[test]
+    fn writes_are_refused_at_once_for_a_gone_or_demoted_primary_and_after_rounds_of_silence() {
+        assert!(refuse_writes(Some(Missed::Gone), 0));
+        assert!(refuse_writes(None, 0), "answered as a standby");
+        assert!(
+            !refuse_writes(Some(Missed::Silent), 1),
+            "one timed-out round"
+        );
+        assert!(refuse_writes(Some(Missed::Silent), SILENT_ROUNDS_TO_REFUSE));
     }
 }
