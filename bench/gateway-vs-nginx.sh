@@ -35,6 +35,9 @@
 #                             and upstream: a before/after comparison within one run
 #   BASELINE_ENV='K=V ...'    extra environment for that second gateway (an ablation: e.g.
 #                             RUST_LOG=warn); without BASELINE_BIN it runs BOOKSTORE_BIN
+#   NGINX_ACCESS_LOG=1        also measure nginx (1 worker) writing a JSON access line per request
+#                             (escape=json, buffered 64 KiB, flushed every second) to a file, as
+#                             the gateway writes its access line: nginx as one would deploy it
 #   PIN_PROXY=1               give the proxies a core of their own: every proxy (the gateway with one
 #                             serving thread, both nginx) on CPU 1, everything else — books,
 #                             PostgreSQL, Redis, the registry, wrk — on CPU 0 (taskset); what the
@@ -172,19 +175,24 @@ book_id=$(curl -sf "$books_url/api/books?limit=1" | python3 -c 'import json,sys;
 [[ -n "$book_id" ]] || die "no book found at $books_url/api/books?limit=1"
 path="/api/books/$book_id"
 
-start_nginx() { # name workers -> sets nginx_url and nginx_pid
-  local name=$1 workers=$2 port dir
+start_nginx() { # name workers [log] -> sets nginx_url and nginx_pid
+  local name=$1 workers=$2 log=${3:-} port dir access="access_log off;"
   port=$(free_port)
   dir="$work/$name"
   mkdir -p "$dir/logs" "$dir/tmp"
-  chmod 755 "$dir" "$dir/tmp" # nginx workers run as nobody when started as root
+  chmod 755 "$dir" "$dir/tmp" "$dir/logs" # nginx workers run as nobody when started as root
+  if [[ -n "$log" ]]; then
+    # The gateway's access line's fields: time, level, status, latency, method, path, request id.
+    access="log_format line escape=json '{\"timestamp\":\"\$time_iso8601\",\"level\":\"INFO\",\"message\":\"request served\",\"status\":\$status,\"latency_ms\":\$request_time,\"span\":{\"method\":\"\$request_method\",\"path\":\"\$uri\",\"request_id\":\"\$request_id\"}}';
+    access_log $dir/logs/access.log line buffer=64k flush=1s;"
+  fi
   cat >"$dir/nginx.conf" <<EOF
 worker_processes $workers;
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    $access
     client_body_temp_path $dir/tmp/body;
     proxy_temp_path $dir/tmp/proxy;
     fastcgi_temp_path $dir/tmp/fastcgi;
@@ -225,6 +233,10 @@ nginxauto_url=$nginx_url nginxauto_pid=$nginx_pid
 targets=(direct nginx1 nginxauto gateway)
 declare -A url=([direct]=$books_url [nginx1]=$nginx1_url [nginxauto]=$nginxauto_url [gateway]=$gateway_url)
 declare -A proxy_pid=([direct]="" [nginx1]=$nginx1_pid [nginxauto]=$nginxauto_pid [gateway]=$gateway_pid)
+if [[ "${NGINX_ACCESS_LOG:-}" == 1 ]]; then
+  start_nginx nginxlog 1 log
+  targets+=(nginxlog) url[nginxlog]=$nginx_url proxy_pid[nginxlog]=$nginx_pid
+fi
 
 # add_target <name> <pid> <url>: one more proxy to measure, stopped on exit with the nginx
 # instances; waits (at most 10 s) until it answers.
@@ -374,7 +386,8 @@ import json, os, re, statistics, sys
 rounds = int(rounds)
 targets = targets.split()
 label = {"direct": "direct (books)", "nginx1": "nginx, 1 worker", "nginxauto": "nginx, auto workers",
-         "gateway": "gateway", "baseline": "gateway (baseline)", "bare": "bare axum+hyper proxy"}
+         "gateway": "gateway", "baseline": "gateway (baseline)", "bare": "bare axum+hyper proxy",
+         "nginxlog": "nginx 1w, access log"}
 raw = os.path.join(out, "raw")
 
 def ms(value):
