@@ -367,18 +367,22 @@ impl MakeRequestId for MakeRequestUuid4 {
 }
 
 /// The trace id of a version-00 `traceparent`, if it is well formed and not all zeros.
+///
+/// The layout is fixed (`vv-<32 hex>-<16 hex>-ff`, 55 bytes), so it is checked by position in one
+/// pass: the gateway reads it about three times per request, and splitting it cost ≈ 1 % of its CPU.
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let ok = hex(version, 2)
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && parts.next().is_none()
-        && trace.bytes().any(|b| b != b'0');
-    ok.then_some(trace)
+    const DASHES: [usize; 3] = [2, 35, 52];
+    let bytes = traceparent.as_bytes();
+    let well_formed = bytes.len() == 55
+        && bytes.iter().enumerate().all(|(i, &b)| {
+            if DASHES.contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    let trace = traceparent.get(3..35)?;
+    (well_formed && trace.bytes().any(|b| b != b'0')).then_some(trace)
 }
 
 /// A version-00 `traceparent` with a random trace id and parent id (neither all zeros, which
@@ -486,6 +490,11 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-701",
+            "0-04bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
         ] {
             assert_eq!(trace_id_of(bad), None, "{bad}");
         }

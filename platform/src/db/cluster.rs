@@ -59,6 +59,10 @@ pub struct NodeState {
     pub lag_seconds: f64,
     /// `bookstore.nofailover` is on: the passive member.
     pub passive: bool,
+    /// Rounds in a row this member let its probe time out while keeping its last state (see
+    /// [`SILENT_ROUNDS_TO_DOWN`]).
+    #[serde(skip)]
+    pub silent_rounds: u32,
 }
 
 /// The whole cluster as the pool sees it.
@@ -69,13 +73,8 @@ pub struct Topology {
     pub failovers: u64,
     /// The member the primary pool last connected to (kept while no primary answers).
     pub routed_to: Option<usize>,
-    /// No primary answers: new primary connections fail at once. Set when the primary's server
-    /// closed or refused the probe's connection, or stayed silent for [`SILENT_ROUNDS_TO_REFUSE`]
-    /// rounds in a row (one timed-out round alone may be a slow machine, not a dead primary).
+    /// No primary answered the last probe: new primary connections fail at once.
     pub writes_refused: bool,
-    /// Consecutive rounds in which the primary writes go to timed out.
-    #[serde(skip)]
-    pub primary_silent_rounds: u32,
     /// The newest WAL position known to exist, as a byte position: the primary's, or while none
     /// answers, the furthest of the last primary's and the replicas'. Replicas' lag is measured
     /// against it.
@@ -385,7 +384,7 @@ impl ClusterPool {
             .zip(self.nodes.iter())
             .enumerate()
         {
-            *state = node_state(&state.node, result.as_ref(), newest);
+            *state = next_state(state, answers[index].as_ref(), newest);
             if matches!(answers[index], Err(Missed::Gone)) {
                 // Its server closed the probe's connection or refused a new one: every pooled
                 // connection to it is dead too, so none is handed out to fail a caller.
@@ -405,22 +404,16 @@ impl ClusterPool {
             }
         }
         topology.clock = round_clock(&results);
-        let routed_missed = routed_to.and_then(|index| answers[index].as_ref().err().copied());
-        self.route_writes(&mut topology, routed_missed);
+        self.route_writes(&mut topology);
         topology.probed_at = Some(tokio::time::Instant::now());
         record_metrics(&topology);
     }
 
     /// Points the primary pool at the primary the probe found, counting a change as a failover;
     /// with none, at [`NO_PRIMARY_SOCKET`], so writes fail at once until one answers again.
-    fn route_writes(&self, topology: &mut Topology, routed_missed: Option<Missed>) {
+    fn route_writes(&self, topology: &mut Topology) {
         let Some(new) = topology.primary() else {
-            if routed_missed == Some(Missed::Silent) {
-                topology.primary_silent_rounds += 1;
-            }
-            if !topology.writes_refused
-                && refuse_writes(routed_missed, topology.primary_silent_rounds)
-            {
+            if !topology.writes_refused {
                 topology.writes_refused = true;
                 self.primary
                     .set_connect_options(self.nodes[0].options.clone().socket(NO_PRIMARY_SOCKET));
@@ -430,7 +423,6 @@ impl ClusterPool {
             }
             return;
         };
-        topology.primary_silent_rounds = 0;
         if topology.routed_to == Some(new) && !topology.writes_refused {
             return;
         }
@@ -448,21 +440,14 @@ impl ClusterPool {
     }
 }
 
-/// Timed-out probe rounds in a row after which a primary that neither answers nor closed its
-/// connection counts as gone (≈ 3 s at the default interval and timeout). One alone is forgiven:
-/// on a loaded machine a probe can miss its 1 s while the primary serves, and refusing then
-/// turned writes that would have committed into 503s.
-pub const SILENT_ROUNDS_TO_REFUSE: u32 = 2;
-
-/// Whether writes are refused in a round with no primary: at once when the one writes went to
-/// closed or refused the probe's connection (down, restarting) or now answers as a standby (or
-/// none was ever routed to); after [`SILENT_ROUNDS_TO_REFUSE`] rounds of silence.
-fn refuse_writes(routed_missed: Option<Missed>, silent_rounds: u32) -> bool {
-    match routed_missed {
-        Some(Missed::Silent) => silent_rounds >= SILENT_ROUNDS_TO_REFUSE,
-        Some(Missed::Gone) | None => true,
-    }
-}
+/// Timed-out probe rounds in a row after which a member that neither answers nor closed its
+/// connection counts as down (≈ 3 s at the default interval and timeout); before that it keeps
+/// the state it last answered with. A member whose server closed or refused the probe's
+/// connection is down at once. One timeout alone is weak evidence: on a loaded machine a probe
+/// can miss its 1 s while the server serves, and treating that as down took the replica out of
+/// the eventual reads (or refused writes) for a round — in CI, an instance with the primary
+/// stopped answered reads 503 for lack of any other member to read.
+pub const SILENT_ROUNDS_TO_DOWN: u32 = 2;
 
 /// The newest WAL position known to exist: the primary's when one answered; else the furthest of
 /// the last one known and the replicas' replayed positions. With the primary gone, nothing newer
@@ -557,6 +542,26 @@ async fn probe(
     Err(answer)
 }
 
+/// A member's state after a round: what it answered; when it timed out, what it last answered,
+/// until [`SILENT_ROUNDS_TO_DOWN`] rounds in a row; down when its server closed the connection.
+fn next_state(
+    previous: &NodeState,
+    answer: Result<&Probe, &Missed>,
+    newest_lsn: Option<i64>,
+) -> NodeState {
+    match answer {
+        Err(Missed::Silent)
+            if previous.up && previous.silent_rounds + 1 < SILENT_ROUNDS_TO_DOWN =>
+        {
+            NodeState {
+                silent_rounds: previous.silent_rounds + 1,
+                ..previous.clone()
+            }
+        }
+        _ => node_state(&previous.node, answer.ok(), newest_lsn),
+    }
+}
+
 fn node_state(name: &str, probe: Option<&Probe>, newest_lsn: Option<i64>) -> NodeState {
     let Some(probe) = probe else {
         return NodeState {
@@ -577,6 +582,7 @@ fn node_state(name: &str, probe: Option<&Probe>, newest_lsn: Option<i64>) -> Nod
         lag_bytes,
         lag_seconds: probe.behind_seconds,
         passive: probe.passive,
+        silent_rounds: 0,
     }
 }
 
@@ -730,13 +736,29 @@ mod tests {
     }
 
     #[test]
-    fn writes_are_refused_at_once_for_a_gone_or_demoted_primary_and_after_rounds_of_silence() {
-        assert!(refuse_writes(Some(Missed::Gone), 0));
-        assert!(refuse_writes(None, 0), "answered as a standby");
-        assert!(
-            !refuse_writes(Some(Missed::Silent), 1),
-            "one timed-out round"
+    fn a_member_that_times_out_keeps_its_state_for_a_round_and_one_that_hangs_up_is_down() {
+        let answered = next_state(
+            &NodeState::default(),
+            Ok(&replica_at(900).expect("a probe")),
+            Some(1000),
         );
-        assert!(refuse_writes(Some(Missed::Silent), SILENT_ROUNDS_TO_REFUSE));
+        assert_eq!((answered.up, answered.lag_bytes), (true, 100));
+        let silent = next_state(&answered, Err(&Missed::Silent), Some(1000));
+        assert_eq!(
+            silent,
+            NodeState {
+                silent_rounds: 1,
+                ..answered.clone()
+            }
+        );
+        let again = next_state(&silent, Err(&Missed::Silent), Some(1000));
+        assert!(!again.up, "silent for {SILENT_ROUNDS_TO_DOWN} rounds");
+        assert!(!next_state(&answered, Err(&Missed::Gone), Some(1000)).up);
+        let back = next_state(&silent, Ok(&replica_at(1000).expect("a probe")), Some(1000));
+        assert_eq!((back.up, back.silent_rounds, back.lag_bytes), (true, 0, 0));
+        assert!(
+            !next_state(&again, Err(&Missed::Silent), Some(1000)).up,
+            "stays down"
+        );
     }
 }

@@ -70,6 +70,9 @@ pub async fn serve_on(
     db_url: &str,
     adjust: impl FnOnce(&mut Config),
 ) -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
+    if std::env::var_os("TEST_LOG").is_some() {
+        platform::telemetry::init();
+    }
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".into();
     config.db.url = db_url.to_owned();

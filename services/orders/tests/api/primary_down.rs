@@ -92,8 +92,9 @@ async fn with_the_primary_down_an_instance_stays_ready_reads_messages_and_refuse
         let status = readiness.status();
         assert_eq!(status, 200, "{}", readiness.text().await?);
         let listed = messages().await?;
-        assert_eq!(listed.status(), 200);
+        let status = listed.status();
         let listed: Value = listed.json().await?;
+        assert_eq!(status, 200, "{listed}");
         assert_eq!(listed["items"][0]["kind"], "credit_topped_up", "{listed}");
         let refused = top_up(n).await?;
         let retry_after = refused.headers().get("retry-after").cloned();
