@@ -375,7 +375,7 @@ fi
 # --- report -----------------------------------------------------------------------------------
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 ci_state="no CI log"
-[[ -f /tmp/ci-run.log ]] && { grep -q '^EXIT' /tmp/ci-run.log && ci_state="finished ($(grep '^EXIT' /tmp/ci-run.log | tail -1))" || ci_state="STILL RUNNING"; }
+[[ -f /tmp/ci-run.log ]] && { grep -qi '^exit' /tmp/ci-run.log && ci_state="finished ($(grep -i '^exit' /tmp/ci-run.log | tail -1))" || ci_state="STILL RUNNING"; }
 python3 - "$out" "$ROUNDS" "$DURATION" "$WARMUP" "$THREADS" "$CONNECTIONS" "$LIGHT_DURATION" "$path" \
   "$BENCH_RATE_LIMIT" "${targets[*]}" "$(nproc)" "$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)" "$(uname -r)" \
   "$("$NGINX" -v 2>&1)" "$(wrk -v 2>&1 | head -1)" "$ci_state" "$load_before" "$load_after" <<'EOF'
