@@ -56,6 +56,26 @@ async fn kill_idle_connections_and(
     Ok(())
 }
 
+/// `CONNECTIONS` statements at once, each holding its connection for 0.1 s (so each needs its
+/// own), and what each returned.
+async fn statements_at_once(pool: &PgPool) -> anyhow::Result<Vec<Result<i32, sqlx::Error>>> {
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.1)")
+                    .fetch_one(&pool)
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await?);
+    }
+    Ok(results)
+}
+
 #[tokio::test]
 async fn dead_idle_connections_are_pinged_away_after_a_second_and_fail_once_as_lost_before()
 -> anyhow::Result<()> {
@@ -73,20 +93,9 @@ async fn dead_idle_connections_are_pinged_away_after_a_second_and_fail_once_as_l
     // replaced, so all four statements at once succeed at the first try.
     kill_idle_connections(&pool, &admin).await?;
     tokio::time::sleep(PING_IDLE_AFTER + Duration::from_millis(300)).await;
-    let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.1)")
-                    .fetch_one(&pool)
-                    .await
-            })
-        })
-        .collect();
-    for task in tasks {
+    for one in statements_at_once(&pool).await? {
         assert_eq!(
-            task.await??,
-            1,
+            one?, 1,
             "a dead connection idle for over a second reached a caller"
         );
     }
@@ -176,18 +185,7 @@ async fn a_probe_that_finds_its_connection_closed_fences_the_pooled_ones() -> an
         }
         // With a margin: the tasks acquire a moment later.
         let in_window = used.elapsed() + Duration::from_millis(200) < PING_IDLE_AFTER;
-        let tasks: Vec<_> = (0..CONNECTIONS)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.1)")
-                        .fetch_one(&pool)
-                        .await
-                })
-            })
-            .collect();
-        for task in tasks {
-            let one = task.await?;
+        for one in statements_at_once(pool).await? {
             assert!(
                 matches!(one, Ok(1)),
                 "a connection made before the probe found the server gone reached a caller: {one:?}"
