@@ -445,8 +445,9 @@ impl ClusterPool {
 /// the state it last answered with. A member whose server closed or refused the probe's
 /// connection is down at once. One timeout alone is weak evidence: on a loaded machine a probe
 /// can miss its 1 s while the server serves, and treating that as down took the replica out of
-/// the eventual reads (or refused writes) for a round — in CI, an instance with the primary
-/// stopped answered reads 503 for lack of any other member to read.
+/// the eventual reads (or refused writes) for a round — the likeliest reading of a CI failure in
+/// which an instance with the primary stopped answered a read 503 for want of a member to read
+/// (not reproduced here).
 pub const SILENT_ROUNDS_TO_DOWN: u32 = 2;
 
 /// The newest WAL position known to exist: the primary's when one answered; else the furthest of
