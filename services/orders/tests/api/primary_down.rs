@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use platform::auth::Role;
+use platform::db::cluster::ProbeSettings;
 use serde_json::{Value, json};
 use testkit::{ReplicaOptions, TestReplicaSet};
 
@@ -71,6 +72,13 @@ async fn with_the_primary_down_an_instance_stays_ready_reads_messages_and_refuse
     };
     top_up(0).await?.error_for_status()?;
     set.wait_caught_up(0).await?;
+    // The instance's pool must have seen the replica caught up too: its last probe round may
+    // predate that (the replica replaying the database's creation), and with the primary gone
+    // before the next round it would have no member within the lag limit to read from. A round
+    // takes an interval plus at most a probe timeout; wait for two. (The test's in-process app
+    // has no metrics recorder to read the pool's view from.)
+    let probe = ProbeSettings::default();
+    tokio::time::sleep(probe.probe_interval * 2 + probe.connect_timeout).await;
     let ready = || client.get(format!("{base}/health/ready")).send();
     let messages = || {
         client
