@@ -6,9 +6,7 @@
 //! connection closed (the server went down or restarted) drops the pooled connections made before
 //! unused, so not even those fail a caller.
 
-use std::time::Duration;
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use platform::db::DbConfig;
 use platform::db::acquire::PING_IDLE_AFTER;

@@ -377,26 +377,21 @@ impl ClusterPool {
         let newest = newest_lsn(&results, topology.newest_lsn);
         topology.newest_lsn = newest;
         let routed_to = topology.routed_to;
-        for (index, ((state, result), node)) in topology
+        for (index, ((state, answer), node)) in topology
             .nodes
             .iter_mut()
-            .zip(&results)
+            .zip(&answers)
             .zip(self.nodes.iter())
             .enumerate()
         {
-            *state = next_state(state, answers[index].as_ref(), newest);
-            if matches!(answers[index], Err(Missed::Gone)) {
-                // Its server closed the probe's connection or refused a new one: every pooled
-                // connection to it is dead too, so none is handed out to fail a caller.
-                node.fence.raise();
-                if routed_to == Some(index) {
-                    self.primary_fence.raise();
-                }
-            }
-            let Some(probe) = result else { continue };
-            let before = node.started.swap(probe.started_us, Ordering::AcqRel);
-            if before != 0 && before != probe.started_us {
-                // Restarted: every connection to it was closed.
+            *state = next_state(state, answer.as_ref(), newest);
+            let restarted = answer.as_ref().is_ok_and(|probe| {
+                let before = node.started.swap(probe.started_us, Ordering::AcqRel);
+                before != 0 && before != probe.started_us
+            });
+            if restarted || matches!(answer, Err(Missed::Gone)) {
+                // Restarted, or its server closed the probe's connection or refused a new one:
+                // every pooled connection to it is dead, so none is handed out to fail a caller.
                 node.fence.raise();
                 if routed_to == Some(index) {
                     self.primary_fence.raise();
