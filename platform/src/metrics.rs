@@ -6,15 +6,15 @@
 //! registry once its labels have been seen.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
+use foldhash::HashMap;
 use http::Method;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -41,9 +41,33 @@ pub fn install(component: &str) -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is already installed; then ours just renders nothing.
             let _ = metrics::set_global_recorder(recorder);
+            start_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often the recorder's histograms are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The exporter keeps every histogram sample (value and time, 24 bytes) until an upkeep or a
+/// render folds it into the buckets, and a recorder built by hand gets no upkeep of its own: left
+/// to the scrapes, a process nobody scrapes grows by 24 bytes per request without bound (≈ 2.7
+/// GB an hour at 30 000 requests a second), and the scrape after a pile-up folds it on the
+/// thread that serves `/metrics` — 15 ms for a 30 s pile, while requests on that thread wait.
+/// A thread of its own folds them every second instead.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(err) = started {
+        tracing::warn!(error = %err, "could not start the metrics upkeep; scrapes will do it");
+    }
 }
 
 /// The text exposition of every metric recorded so far, and of the gauges read at scrape time
@@ -90,7 +114,7 @@ impl RedCache {
         if !self.routes.contains_key(route) {
             let handles = RouteHandles {
                 in_flight: metrics::gauge!("http_requests_in_flight", "route" => route.to_owned()),
-                answered: HashMap::new(),
+                answered: HashMap::default(),
             };
             self.routes.insert(route.into(), handles);
         }
