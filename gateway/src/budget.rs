@@ -8,10 +8,10 @@
 //! never leaks a slot. The retry layer ([`crate::retry`]) takes a [`RequestGuard`] for each request
 //! and a [`RetryGuard`] for each retry; this module only counts.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 /// How large the retry budget is.

@@ -3,7 +3,6 @@
 //! it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
@@ -13,6 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use discovery::client::Instance;
+use foldhash::HashMap;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::Full;
@@ -30,7 +30,7 @@ use crate::exchange::{Exchange, UpstreamError};
 /// The forwarding client: one connection pool per thread, shared by all instances. Cheap to
 /// clone.
 ///
-/// Per thread because the gateway serves on one single-threaded runtime per core
+/// Per thread because the gateway serves on one one-worker runtime per core
 /// ([`platform::server::Server::serve_per_core`]): a pooled connection's task runs on the runtime
 /// that opened it, so a pool shared between threads would hand a request to a connection driven
 /// by another thread — a cross-thread wakeup each way, which cost the gateway more CPU than any
@@ -102,7 +102,7 @@ impl Forward {
             inner: Arc::new(Inner {
                 settings: config.clone(),
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
-                targets: RwLock::new(HashMap::new()),
+                targets: RwLock::new(HashMap::default()),
             }),
         })
     }
@@ -360,11 +360,13 @@ fn attempt_metrics(upstream: &str, instance: &str, outcome: u16) -> (Counter, Hi
             cache.recorder = recorder;
         }
         if !cache.by_upstream.contains_key(upstream) {
-            cache.by_upstream.insert(upstream.into(), HashMap::new());
+            cache
+                .by_upstream
+                .insert(upstream.into(), HashMap::default());
         }
         let by_instance = cache.by_upstream.get_mut(upstream).expect("inserted above");
         if !by_instance.contains_key(instance) {
-            by_instance.insert(instance.into(), HashMap::new());
+            by_instance.insert(instance.into(), HashMap::default());
         }
         let by_outcome = by_instance.get_mut(instance).expect("inserted above");
         by_outcome

@@ -37,13 +37,13 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use foldhash::HashMap;
 use futures::future::BoxFuture;
 use http::Response;
 use metrics::Counter;

@@ -18,12 +18,13 @@
 //! Reroutes are reported by the retry layer through [`ServiceBreakers::record_reroute`]; the same
 //! [`ServiceBreakers`] handle goes to [`ServiceBreaker::layer`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use foldhash::HashMap;
 use futures::future::BoxFuture;
 use http::Response;
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,7 @@
 //! with bare 503s (no `Retry-After`: the instances' own failures) takes the reads down with it,
 //! which shows what the classification is for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -39,9 +40,9 @@ enum WriteAnswer {
 /// Both instances: reads 200 (a replica answers them), writes 503 (no primary).
 fn instances_during_failover(
     writes: WriteAnswer,
-) -> BoxCloneSyncService<(Instance, Exchange), Response<Body>, UpstreamError> {
+) -> BoxCloneSyncService<(Arc<Instance>, Exchange), Response<Body>, UpstreamError> {
     BoxCloneSyncService::new(tower::service_fn(
-        move |(_, exchange): (Instance, Exchange)| async move {
+        move |(_, exchange): (Arc<Instance>, Exchange)| async move {
             let mut response = Response::new(Body::empty());
             if exchange.method != Method::GET {
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

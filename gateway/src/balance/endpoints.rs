@@ -14,7 +14,8 @@ use crate::breaker::{Breaker, BreakerConfig, BreakerState, Outcome, Ticket};
 
 /// One instance with its health and load.
 struct Endpoint {
-    instance: Instance,
+    /// Shared with every request sent to it: a request takes the instance without copying it.
+    instance: Arc<Instance>,
     in_flight: AtomicUsize,
     /// A `std` mutex: held only for a few comparisons, never across an `.await`.
     breaker: Mutex<Breaker>,
@@ -25,7 +26,7 @@ impl Endpoint {
         let now = Instant::now();
         Endpoint {
             breaker: Mutex::new(Breaker::new(config.clone(), service, &instance.id, now)),
-            instance,
+            instance: Arc::new(instance),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -64,7 +65,7 @@ impl Lease {
         Lease { endpoint, ticket }
     }
 
-    pub fn instance(&self) -> &Instance {
+    pub fn instance(&self) -> &Arc<Instance> {
         &self.endpoint.instance
     }
 

@@ -1,5 +1,6 @@
 //! The production inner service of the balancer: one attempt through the shared [`Forward`] pool.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ impl ForwardEndpoint {
     }
 }
 
-impl Service<(Instance, Exchange)> for ForwardEndpoint {
+impl Service<(Arc<Instance>, Exchange)> for ForwardEndpoint {
     type Response = Response<Body>;
     type Error = UpstreamError;
     type Future = BoxFuture<'static, Result<Response<Body>, UpstreamError>>;
@@ -39,7 +40,7 @@ impl Service<(Instance, Exchange)> for ForwardEndpoint {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, (instance, exchange): (Instance, Exchange)) -> Self::Future {
+    fn call(&mut self, (instance, exchange): (Arc<Instance>, Exchange)) -> Self::Future {
         let forward = self.forward.clone();
         let timeout = exchange
             .attempt_timeout

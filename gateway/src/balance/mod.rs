@@ -169,7 +169,7 @@ impl<S> Balance<S> {
 
 impl<S> Service<Exchange> for Balance<S>
 where
-    S: Service<(Instance, Exchange), Response = Response<Body>, Error = UpstreamError>
+    S: Service<(Arc<Instance>, Exchange), Response = Response<Body>, Error = UpstreamError>
         + Clone
         + Send
         + 'static,

@@ -1,6 +1,7 @@
 //! The balancer alone, over a `tower_test` mock inner service and paused time.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,7 +16,7 @@ use tower_test::mock;
 use super::*;
 use crate::breaker::Outcome;
 
-type Attempt = (Instance, Exchange);
+type Attempt = (Arc<Instance>, Exchange);
 type Inner =
     tower::util::MapErr<mock::Mock<Attempt, Response<Body>>, fn(BoxError) -> UpstreamError>;
 type Handle = mock::Handle<Attempt, Response<Body>>;
@@ -405,7 +406,7 @@ async fn an_attempt_with_no_time_left_is_not_sent() {
         .ready()
         .await
         .expect("ready")
-        .call((instance("a"), late))
+        .call((Arc::new(instance("a")), late))
         .await
         .expect_err("no time");
     assert_eq!(
