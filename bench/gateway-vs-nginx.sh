@@ -432,7 +432,12 @@ def phase(prefix):
                   "vs_nginxauto": median[t]["rps"] / na["rps"],
                   "added_p50_ms": median[t]["p50_ms"] - d["p50_ms"],
                   "added_p99_ms": median[t]["p99_ms"] - d["p99_ms"]} for t in targets}
-    return {"runs": runs, "median": median, "errors": errors, "ratios": ratios}
+    # p99 is the noisiest figure: each target's p99 minus nginx1's in the same round (interleaved,
+    # seconds apart), so what a round's conditions do to both cancels out.
+    p99_vs_nginx1 = {t: [r["p99_ms"] - n["p99_ms"] for r, n in zip(runs[t], runs["nginx1"])]
+                     for t in targets if t not in ("direct", "nginx1")}
+    return {"runs": runs, "median": median, "errors": errors, "ratios": ratios,
+            "p99_minus_nginx1_by_round_ms": p99_vs_nginx1}
 
 def show(title, ph):
     print(title)
@@ -454,6 +459,9 @@ def show(title, ph):
         f"{t} {ph['median'][t]['cpu_us_per_req_proxy']:.0f}/{ph['median'][t]['cpu_us_per_req_books']:.0f}/"
         f"{ph['median'][t]['cpu_us_per_req_postgres']:.0f}/{ph['median'][t]['cpu_us_per_req_client']:.0f}"
         for t in targets))
+    print("  p99 minus nginx1's in the same round, ms — median [min, max], rounds at or below: " + ", ".join(
+        f"{t} {statistics.median(d):+.2f} [{min(d):+.2f}, {max(d):+.2f}] {sum(x <= 0 for x in d)}/{len(d)}"
+        for t, d in ph["p99_minus_nginx1_by_round_ms"].items()))
     print("  proxy's CPUs busy (CPU µs/request × requests/s): " + ", ".join(
         f"{t} {ph['median'][t]['cpu_us_per_req_proxy'] * ph['median'][t]['rps'] / 1e6:.2f}"
         for t in targets if t != "direct"))
