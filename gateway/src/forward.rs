@@ -30,7 +30,7 @@ use crate::exchange::{Exchange, UpstreamError};
 /// The forwarding client: one connection pool per thread, shared by all instances. Cheap to
 /// clone.
 ///
-/// Per thread because the gateway serves on one one-worker runtime per core
+/// Per thread because the gateway serves on one single-threaded runtime per core
 /// ([`platform::server::Server::serve_per_core`]): a pooled connection's task runs on the runtime
 /// that opened it, so a pool shared between threads would hand a request to a connection driven
 /// by another thread — a cross-thread wakeup each way, which cost the gateway more CPU than any
