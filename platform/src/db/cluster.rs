@@ -95,11 +95,11 @@ impl Topology {
 
 /// The clock reading of a round: the primary's, else the first answer's. Every member's clock is
 /// the same reference in a healthy cluster; the primary's is the one writes are stamped with.
-fn round_clock(results: &[Option<Probe>]) -> Option<ClockOffset> {
-    let answered = || results.iter().flatten();
-    answered()
+fn round_clock<'a>(answered: impl Iterator<Item = &'a Probe> + Clone) -> Option<ClockOffset> {
+    answered
+        .clone()
         .find(|p| !p.in_recovery)
-        .or_else(|| answered().next())
+        .or_else(|| answered.clone().next())
         .map(|p| p.clock)
 }
 
@@ -371,10 +371,8 @@ impl ClusterPool {
                 .map(|(node, conn)| probe(node, conn, timeout)),
         )
         .await;
-        let results: Vec<Option<Probe>> =
-            answers.iter().map(|a| a.as_ref().ok().cloned()).collect();
         let mut topology = self.topology.write().unwrap_or_else(|e| e.into_inner());
-        let newest = newest_lsn(&results, topology.newest_lsn);
+        let newest = newest_lsn(answers.iter().flatten(), topology.newest_lsn);
         topology.newest_lsn = newest;
         let routed_to = topology.routed_to;
         for (index, ((state, answer), node)) in topology
@@ -398,7 +396,7 @@ impl ClusterPool {
                 }
             }
         }
-        topology.clock = round_clock(&results);
+        topology.clock = round_clock(answers.iter().flatten());
         self.route_writes(&mut topology);
         topology.probed_at = Some(tokio::time::Instant::now());
         record_metrics(&topology);
@@ -448,12 +446,14 @@ pub const SILENT_ROUNDS_TO_DOWN: u32 = 2;
 /// the last one known and the replicas' replayed positions. With the primary gone, nothing newer
 /// can be committed (a commit waits for the synchronous standby), so a replica that has replayed
 /// up to that point is as fresh as the data gets until a new primary takes writes.
-fn newest_lsn(results: &[Option<Probe>], known: Option<i64>) -> Option<i64> {
-    let probes = || results.iter().flatten();
-    if let Some(primary) = probes().find(|p| !p.in_recovery) {
+fn newest_lsn<'a>(
+    answered: impl Iterator<Item = &'a Probe> + Clone,
+    known: Option<i64>,
+) -> Option<i64> {
+    if let Some(primary) = answered.clone().find(|p| !p.in_recovery) {
         return Some(primary.lsn);
     }
-    probes().map(|p| p.lsn).chain(known).max()
+    answered.map(|p| p.lsn).chain(known).max()
 }
 
 /// What one probe query returned.
@@ -693,12 +693,12 @@ mod tests {
         });
         // A primary answers: its position, whatever was known before.
         assert_eq!(
-            newest_lsn(&[primary, replica_at(900)], Some(5000)),
+            newest_lsn([primary, replica_at(900)].iter().flatten(), Some(5000)),
             Some(1000)
         );
         // It died at 1000 (last seen there); the synchronous standby replayed 1000, another 900.
         let failover = [None, replica_at(1000), replica_at(900)];
-        let newest = newest_lsn(&failover, Some(1000));
+        let newest = newest_lsn(failover.iter().flatten(), Some(1000));
         assert_eq!(newest, Some(1000));
         let lags: Vec<u64> = failover
             .iter()
@@ -707,9 +707,9 @@ mod tests {
         assert_eq!(lags, [0, 0, 100]);
         // A replica further than the last primary position seen (it replayed WAL written after
         // the last probe) raises the mark: nobody is measured against a stale one.
-        assert_eq!(newest_lsn(&failover, Some(950)), Some(1000));
+        assert_eq!(newest_lsn(failover.iter().flatten(), Some(950)), Some(1000));
         // Nothing answers and nothing was known.
-        assert_eq!(newest_lsn(&[None, None], None), None);
+        assert_eq!(newest_lsn([None, None].iter().flatten(), None), None);
     }
 
     #[test]
@@ -721,7 +721,9 @@ mod tests {
                 ..replica_at(0).expect("a probe")
             })
         };
-        let offset = |results: &[Option<Probe>]| round_clock(results).map(|c| c.offset_seconds);
+        let offset = |results: &[Option<Probe>]| {
+            round_clock(results.iter().flatten()).map(|c| c.offset_seconds)
+        };
         assert_eq!(offset(&[off_by(1.0, true), off_by(2.0, false)]), Some(2.0));
         assert_eq!(
             offset(&[None, off_by(3.0, true), off_by(4.0, true)]),
