@@ -368,21 +368,22 @@ impl MakeRequestId for MakeRequestUuid4 {
 
 /// The trace id of a version-00 `traceparent`, if it is well formed and not all zeros.
 ///
-/// The layout is fixed (`vv-<32 hex>-<16 hex>-ff`, 55 bytes), so it is checked by position in one
-/// pass: the gateway reads it about three times per request, and splitting it cost ≈ 1 % of its CPU.
+/// The layout is fixed (`vv-<32 hex>-<16 hex>-ff`, 55 bytes), so it is checked by position, with
+/// folds that do not stop early: the compiler makes them straight-line vector code. The gateway
+/// reads a traceparent about three times per request; a byte-by-byte loop with a branch per byte
+/// cost it ≈ 1.3 % of its CPU.
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
-    const DASHES: [usize; 3] = [2, 35, 52];
-    let bytes = traceparent.as_bytes();
-    let well_formed = bytes.len() == 55
-        && bytes.iter().enumerate().all(|(i, &b)| {
-            if DASHES.contains(&i) {
-                b == b'-'
-            } else {
-                b.is_ascii_hexdigit()
-            }
-        });
-    let trace = traceparent.get(3..35)?;
-    (well_formed && trace.bytes().any(|b| b != b'0')).then_some(trace)
+    let bytes: &[u8; 55] = traceparent.as_bytes().try_into().ok()?;
+    let hex = |part: &[u8]| part.iter().fold(true, |ok, b| ok & b.is_ascii_hexdigit());
+    let (version, trace, parent, flags) =
+        (&bytes[..2], &bytes[3..35], &bytes[36..52], &bytes[53..]);
+    let dashes = bytes[2] == b'-' && bytes[35] == b'-' && bytes[52] == b'-';
+    let well_formed = dashes & hex(version) & hex(trace) & hex(parent) & hex(flags);
+    let nonzero = trace.iter().fold(false, |any, &b| any | (b != b'0'));
+    // Every byte is ASCII once well formed, so 3..35 is on character boundaries.
+    (well_formed && nonzero)
+        .then(|| traceparent.get(3..35))
+        .flatten()
 }
 
 /// A version-00 `traceparent` with a random trace id and parent id (neither all zeros, which
