@@ -24,6 +24,9 @@
 #                             (1 worker) under `perf stat` (software counters; system calls by kind where tracepoints are readable), if perf works
 #   BENCH_PROFILE=1          also `perf record` the gateway during one more run (top DSOs and
 #                             symbols in $BENCH_OUT/raw/profile-gateway.txt)
+#   BENCH_PROFILE_CALLS=dwarf  with BENCH_PROFILE=1: unwind with DWARF (a release build has no
+#                             frame pointers) and add the inclusive share of each function
+#                             (children) to the profile; default `fp` (frame pointers, cheap)
 #   BOOKSTORE_BIN=<path>      use this bookstore binary instead of building the release one
 #   BARE_PROXY=1              also measure gateway/examples/bare_proxy.rs (built here, release):
 #                             the gateway's HTTP stack — axum server, hyper_util client, one
@@ -359,7 +362,12 @@ fi
 
 if [[ "${BENCH_PROFILE:-0}" == 1 ]] && command -v perf >/dev/null; then
   say "perf record: gateway (profile in $out/raw/profile-gateway.txt)"
-  perf record -q -e cpu-clock -F 1999 -g -p "$gateway_pid" -o "$out/raw/perf-gateway.data" -- sleep 10 \
+  if [[ "${BENCH_PROFILE_CALLS:-fp}" == dwarf ]]; then
+    calls=(-F 499 --call-graph dwarf,16384)
+  else
+    calls=(-F 1999 -g)
+  fi
+  perf record -q -e cpu-clock "${calls[@]}" -p "$gateway_pid" -o "$out/raw/perf-gateway.data" -- sleep 10 \
     >/dev/null 2>&1 &
   perf_pid=$!
   run_wrk gateway 12s "$out/raw/profile-wrk-gateway.txt"
@@ -370,6 +378,11 @@ if [[ "${BENCH_PROFILE:-0}" == 1 ]] && command -v perf >/dev/null; then
       grep -v -e '^#' -e '^$' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | cut -c1-160 | sed -n '1,60p'
     echo
   done >"$out/raw/profile-gateway.txt"
+  if [[ "${BENCH_PROFILE_CALLS:-fp}" == dwarf ]]; then
+    echo "inclusive (children), the gateway's own code and the crates it calls:" >>"$out/raw/profile-gateway.txt"
+    perf report -i "$out/raw/perf-gateway.data" --children --sort symbol -g none --stdio 2>/dev/null |
+      grep -v -e '^#' -e '^$' | cut -c1-200 | sed -n '1,150p' >>"$out/raw/profile-gateway.txt"
+  fi
 fi
 
 # --- report -----------------------------------------------------------------------------------

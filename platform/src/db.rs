@@ -263,6 +263,12 @@ impl Pools {
         }
     }
 
+    /// The cluster as this process's pool sees it (its last probe round); `None` on a single
+    /// server. For tests that must wait for the pool's view of a change, not only for the change.
+    pub fn topology(&self) -> Option<cluster::Topology> {
+        self.cluster.as_ref().map(cluster::ClusterPool::topology)
+    }
+
     /// [`Pools::ready`] as the server's readiness check.
     pub fn ready_check(&self) -> crate::server::ReadyCheck {
         let pools = self.clone();

@@ -105,6 +105,12 @@ impl Application {
         self.server.local_addr()
     }
 
+    /// The instance's database pools (shared with the running server): tests read the cluster
+    /// as the instance sees it ([`platform::db::Pools::topology`]).
+    pub fn pools(&self) -> platform::db::Pools {
+        self.state.pools.clone()
+    }
+
     /// Serves until `shutdown` is cancelled; ready while it can serve requests — on a cluster,
     /// while the primary or a replica under the lag limit answers ([`platform::db::Pools::ready`]):
     /// during a failover it keeps serving eventual reads and answers writes 503 + `Retry-After`.

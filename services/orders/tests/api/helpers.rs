@@ -69,7 +69,7 @@ impl Drop for TestApp {
 pub async fn serve_on(
     db_url: &str,
     adjust: impl FnOnce(&mut Config),
-) -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
+) -> anyhow::Result<(String, platform::db::Pools, tokio_util::sync::DropGuard)> {
     if std::env::var_os("TEST_LOG").is_some() {
         platform::telemetry::init();
     }
@@ -80,10 +80,11 @@ pub async fn serve_on(
     adjust(&mut config);
     let app = Application::build(config).await?;
     let base = format!("http://{}", app.local_addr());
+    let pools = app.pools();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone().drop_guard();
     tokio::spawn(app.run_until_stopped(shutdown));
-    Ok((base, stop))
+    Ok((base, pools, stop))
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -17,7 +17,7 @@ use crate::helpers::{bearer, serve_on};
 async fn a_message_is_read_from_a_replica_once_replicated() -> anyhow::Result<()> {
     let cluster = TestCluster::start(2).await?;
     let url = cluster.service_database("orders").await?;
-    let (base, _stop) = serve_on(&url, |_| {}).await?;
+    let (base, _pools, _stop) = serve_on(&url, |_| {}).await?;
 
     let client = reqwest::Client::new();
     let admin = bearer("admin", Role::Admin);

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use platform::auth::Role;
-use platform::db::cluster::ProbeSettings;
 use serde_json::{Value, json};
 use testkit::{ReplicaOptions, TestReplicaSet};
 
@@ -42,7 +41,7 @@ async fn with_the_primary_down_an_instance_stays_ready_reads_messages_and_refuse
     let mut set = TestReplicaSet::start(&[ReplicaOptions::named("r1")]).await?;
     set.primary.service_database("orders").await?;
     // An acquire timeout longer than the test: a write that waited for it would never be answered.
-    let (base, _stop) = serve_on(&cluster_url(&set), |config| {
+    let (base, pools, _stop) = serve_on(&cluster_url(&set), |config| {
         config.db.acquire_timeout_ms = 600_000;
     })
     .await?;
@@ -74,11 +73,20 @@ async fn with_the_primary_down_an_instance_stays_ready_reads_messages_and_refuse
     set.wait_caught_up(0).await?;
     // The instance's pool must have seen the replica caught up too: its last probe round may
     // predate that (the replica replaying the database's creation), and with the primary gone
-    // before the next round it would have no member within the lag limit to read from. A round
-    // takes an interval plus at most a probe timeout; wait for two. (The test's in-process app
-    // has no metrics recorder to read the pool's view from.)
-    let probe = ProbeSettings::default();
-    tokio::time::sleep(probe.probe_interval * 2 + probe.connect_timeout).await;
+    // before the next round it would have no member within the lag limit to read from.
+    eventually(
+        "the instance's pool seeing the replica caught up",
+        || async {
+            let topology = pools
+                .topology()
+                .ok_or_else(|| anyhow::anyhow!("not a cluster pool"))?;
+            Ok(topology
+                .nodes
+                .iter()
+                .any(|node| node.up && !node.primary && node.lag_bytes == 0))
+        },
+    )
+    .await?;
     let ready = || client.get(format!("{base}/health/ready")).send();
     let messages = || {
         client
