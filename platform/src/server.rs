@@ -501,6 +501,36 @@ mod tests {
         }
     }
 
+    /// Every single-byte change of a valid traceparent, against the rule written plainly.
+    #[test]
+    fn trace_ids_agree_with_the_plain_rule_for_every_one_byte_change() {
+        fn plain(text: &str) -> Option<&str> {
+            let ok = text.len() == 55
+                && text.bytes().enumerate().all(|(i, b)| match i {
+                    2 | 35 | 52 => b == b'-',
+                    _ => b.is_ascii_hexdigit(),
+                })
+                && text[3..35].bytes().any(|b| b != b'0');
+            ok.then(|| &text[3..35])
+        }
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut checked = 0;
+        for at in 0..good.len() {
+            for byte in [
+                b'-', b'0', b'9', b'a', b'f', b'A', b'F', b'g', b'z', b' ', b'/', b':',
+            ] {
+                let mut bytes = good.as_bytes().to_vec();
+                bytes[at] = byte;
+                let text = String::from_utf8(bytes).expect("ASCII");
+                assert_eq!(trace_id_of(&text), plain(&text), "{text}");
+                checked += 1;
+            }
+        }
+        let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_of(zeros), None);
+        assert_eq!(checked, 55 * 12);
+    }
+
     #[test]
     fn request_ids_are_random_v4_uuids() {
         let request = http::Request::new(());
