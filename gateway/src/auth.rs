@@ -226,7 +226,7 @@ mod tests {
         let mut limited = Request::new(Body::empty());
         limited.extensions_mut().insert(ClientKey(user.subject));
         assert_eq!(
-            crate::rate_limit::client_key(&limited),
+            crate::rate_limit::client_key(&limited).to_string(),
             "sub:0190c2a4-0000-7000-8000-0000000000a1",
             "the rate limiter keys this client by subject"
         );

@@ -399,6 +399,11 @@ fn continue_trace(headers: &mut HeaderMap) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of them: looking costs a comparison per header present, removing
+    // a hash per name. (Without a Connection header no other name can be hop-by-hop.)
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -452,6 +457,16 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::ACCEPT));
+
+        // Without a Connection header, each hop-by-hop header alone is still dropped.
+        for name in HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+            headers.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut headers);
+            assert!(!headers.contains_key(&name), "{name} was kept");
+            assert_eq!(headers.len(), 1, "{name}");
+        }
     }
 
     #[test]
