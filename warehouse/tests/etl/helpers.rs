@@ -362,6 +362,27 @@ impl Harness {
         .expect("facts")
     }
 
+    /// Runs `run` (one ETL run) again and again while writers commit orders: at least 8 times, and
+    /// until the warehouse holds 200 order lines; fails after 60 s. Bounded by time, not by a
+    /// number of runs: a run that finds nothing new takes a few ms, and the writers (all on one
+    /// customer's row) are slow on a loaded machine — 500 runs once ended before they had
+    /// committed 100 orders.
+    pub async fn run_until_200_lines<T, Fut: std::future::Future<Output = T>>(
+        &self,
+        mut run: impl FnMut() -> Fut,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut runs = 0;
+        while runs < 8 || Harness::fact_lines(&self.warehouse).await.len() < 200 {
+            run().await;
+            runs += 1;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writers did not produce 200 order lines within 60 s ({runs} runs)"
+            );
+        }
+    }
+
     /// Makes `database` unreachable (new connections refused, existing ones ended), or reachable
     /// again: a database that is down, as far as its clients can tell.
     pub async fn set_reachable(&self, database: &str, reachable: bool) {
