@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::cluster::patroni::{self, MemberView};
 use crate::cluster::{ClusterInfo, MemberInfo, topology};
 use crate::postgres::SUPERUSER;
+use crate::process;
 use crate::state::State;
 
 use super::partition::Partition;
@@ -140,7 +141,7 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Fault> {
                 killed.push((victim, pid));
             }
             for (victim, pid) in &killed {
-                wait_dead(*pid as i32, &victim.name).await?;
+                process::wait_dead(*pid, &victim.name).await?;
             }
             Ok(Fault::KilledNodes(killed))
         }
@@ -148,7 +149,7 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Fault> {
             let pid = crate::cluster::postmaster_pid(&leader.data_dir)
                 .ok_or_else(|| anyhow::anyhow!("the primary {} has no postmaster", leader.name))?;
             kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-            wait_dead(pid, &leader.name).await?;
+            process::wait_dead(pid.unsigned_abs(), &leader.name).await?;
             Ok(Fault::KilledPrimary(leader))
         }
         Scenario::PartitionPrimary => {
@@ -278,29 +279,6 @@ fn port_of(url: &str) -> anyhow::Result<u16> {
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no port in {url}"))
-}
-
-async fn wait_dead(pid: i32, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // A killed child of `up` is a zombie until `up` reaps it; /proc shows its state.
-    while kill(Pid::from_raw(pid), None).is_ok() && !is_zombie(pid) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name} (pid {pid}) still runs 10 s after SIGKILL"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next())
-        })
-        .is_none_or(|state| state == 'Z')
 }
 
 /// Waits up to 90 s for a writable primary other than `old`.
