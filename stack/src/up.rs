@@ -629,15 +629,27 @@ async fn supervise(
     }
 }
 
-/// Stops the gateway first, then the services, the registry, and PostgreSQL last.
+/// Stops the gateway first, then the services, the registry, and PostgreSQL last: the reverse of
+/// the start order. The instances of one kind (books-1 and books-2, …) are peers and stop
+/// together — each keeps serving for `drain_after_deregister_ms` after it deregisters, and one
+/// after the other those waits were most of the time `up` took to stop.
 async fn shutdown(mut running: Running, quiet: bool) {
     if !quiet {
         eprintln!("bookstore: stopping…");
     }
-    while let Some((info, mut child)) = running.children.pop() {
-        if let Err(e) = child.stop(Duration::from_secs(15)).await {
-            eprintln!("bookstore: stopping {}: {e:#}", info.name);
-        }
+    while let Some(kind) = running.children.last().map(|(info, _)| info.kind.clone()) {
+        let first_peer = running
+            .children
+            .iter()
+            .rposition(|(info, _)| info.kind != kind)
+            .map_or(0, |before| before + 1);
+        let peers = running.children.split_off(first_peer);
+        futures::future::join_all(peers.into_iter().map(|(info, mut child)| async move {
+            if let Err(e) = child.stop(Duration::from_secs(15)).await {
+                eprintln!("bookstore: stopping {}: {e:#}", info.name);
+            }
+        }))
+        .await;
     }
     if let Some(pg) = running.postgres.take()
         && let Err(e) = pg.stop().await
