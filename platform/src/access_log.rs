@@ -96,7 +96,9 @@ fn served(response: &Response, latency: Duration, span: Option<&tracing::Span>) 
     if let Some(span) = span {
         crate::otlp::record_status(span, status);
     }
-    let latency_ms = latency.as_secs_f64() * 1000.0;
+    // Whole microseconds: the shortest float that reads back is then at most three decimals
+    // ("0.412"), where `as_secs_f64() * 1000.0` printed binary noise ("18.363518999999997").
+    let latency_ms = latency.as_micros() as f64 / 1000.0;
     if status.is_server_error() {
         tracing::warn!(status = status.as_u16(), latency_ms, "request served");
     } else {

@@ -554,6 +554,18 @@ mod tests {
             ok["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
             "{ok}"
         );
+        // In whole microseconds, as written: at most three decimals.
+        for line in text.lines().filter(|line| line.contains("request served")) {
+            let number = line
+                .split("\"latency_ms\":")
+                .nth(1)
+                .and_then(|rest| rest.split([',', '}']).next())
+                .unwrap_or_default();
+            let decimals = number
+                .split_once('.')
+                .map_or(0, |(_, fraction)| fraction.len());
+            assert!(!number.is_empty() && decimals <= 3, "{line}");
+        }
         assert_eq!(ok["span"]["path"], "/ok");
         assert_eq!(broken["span"]["path"], "/broken");
         for line in [ok, broken] {
