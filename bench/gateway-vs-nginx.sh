@@ -46,6 +46,12 @@
 #                             PostgreSQL, Redis, the registry, wrk — on CPU 0 (taskset); what the
 #                             proxies cost then shows as their core's load and as latency, not as
 #                             CPU taken from the upstream. Needs 2+ CPUs
+#   BENCH_KEEP_LOGS=1         keep every process's log whole; by default each wrk run starts with
+#                             the logs under the work directory emptied, so the lines the run
+#                             writes (books' and the gateway's access lines, ~10 MB/s) go into
+#                             page cache freed by the last run, as on a server whose logs are
+#                             rotated: on this VM a page written for the first time costs the host
+#                             a fault, 5-10 x the system time of a reused one (docs/BENCHMARKS.md)
 #   BENCH_OUT=<dir>           where results.json and the raw wrk outputs go (default: a new /tmp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +65,7 @@ LIGHT_DURATION=${LIGHT_DURATION:-10s}
 BENCH_RATE_LIMIT=${BENCH_RATE_LIMIT:-raised}
 BENCH_PERF=${BENCH_PERF:-1}
 PIN_PROXY=${PIN_PROXY:-0}
+export BENCH_KEEP_LOGS=${BENCH_KEEP_LOGS:-0}
 
 source bench/lib.sh
 
@@ -317,8 +324,13 @@ busy_ticks() { # every CPU's busy time, from /proc/stat
   echo $((user + nice + system + irq + softirq + steal))
 }
 
+empty_logs() { # see BENCH_KEEP_LOGS
+  [[ "$BENCH_KEEP_LOGS" == 1 ]] || find "$work" -name '*.log' -type f -exec truncate -s 0 {} +
+}
+
 run_wrk() { # target duration outfile [threads connections]
   local t=$1 d=$2 f=$3 threads=${4:-$THREADS} conns=${5:-$CONNECTIONS} p0 u0 g0 c0 b0 p1 u1 g1 c1 b1
+  empty_logs
   p0=$(cpu_ticks "${proxy_pid[$t]}"); u0=$(cpu_ticks "$books_pid"); g0=$(cpu_ticks "$postgres_pid")
   c0=$(self_ticks); b0=$(busy_ticks)
   "${on_upstream_cpu[@]}" wrk -t"$threads" -c"$conns" -d"$d" --latency "${url[$t]}$path" >"$f" 2>&1 &
@@ -506,6 +518,9 @@ print()
 print(f"GET {path}; {rounds} interleaved rounds; gateway rate limit: {rate_limit}")
 print(f"machine: {nproc} CPUs, {cpu}, kernel {kernel}; {nginx_version}; {wrk_version}")
 print(f"load average before the platform started: {load_before}; after the runs: {load_after}; CI run: {ci}")
+logs_emptied = os.environ.get("BENCH_KEEP_LOGS") != "1"
+if logs_emptied:
+    print("every run started with the processes' logs emptied (BENCH_KEEP_LOGS=1 keeps them)")
 if os.environ.get("PIN_PROXY") == "1":
     print("PIN_PROXY=1: every proxy on CPU 1 (the gateway with one serving thread); books, PostgreSQL, Redis, wrk on CPU 0")
 print()
@@ -527,7 +542,8 @@ result = {
     "rounds": rounds,
     "gateway_rate_limit": rate_limit,
     "machine": {"nproc": int(nproc), "cpu": cpu, "kernel": kernel, "ci_run": ci,
-                "load_before": load_before, "load_after": load_after},
+                "load_before": load_before, "load_after": load_after,
+                "logs_emptied_before_each_run": logs_emptied},
     "versions": {"nginx": nginx_version, "wrk": wrk_version},
     "loaded": loaded,
     "one_connection": light_phase,
