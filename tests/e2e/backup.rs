@@ -694,6 +694,14 @@ async fn a_backup_of_the_patroni_cluster_comes_from_its_passive_member() -> anyh
         async move { Ok(n >= 20) }
     })
     .await?;
+    // The passive member may not have replayed the database's creation yet (CI saw "database
+    // \"bank\" does not exist" once): wait for it before connecting there.
+    wait_sql(
+        &cluster.admin_url(passive, "postgres"),
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bank')",
+        "the passive member to replay the bank database",
+    )
+    .await?;
     let passive_bank = cluster.admin_url(passive, "bank");
     let mut locker = PgConnection::connect(&cluster.admin_url(leader, "bank")).await?;
     sqlx::raw_sql("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE; SELECT pg_switch_wal()")
