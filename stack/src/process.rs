@@ -208,34 +208,6 @@ impl Supervised {
     }
 }
 
-/// Waits up to 10 s until the process `pid` (`name` in the error) has exited after a SIGKILL — gone,
-/// or a zombie its parent has not reaped yet. `kill(2)` only queues the signal: until the kernel
-/// has torn the process down its sockets stay open, so a fault test that wants "the instance is
-/// down" and not "the instance dies while answering" waits for this first.
-pub async fn wait_dead(pid: u32, name: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let raw = Pid::from_raw(i32::try_from(pid)?);
-    while kill(raw, None).is_ok() && !is_zombie(pid) {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{name} (pid {pid}) still runs 10 s after SIGKILL"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// Whether `/proc` shows `pid` as a zombie (or no longer shows it).
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next())
-        })
-        .is_none_or(|state| state == 'Z')
-}
-
 /// The last `lines` lines of a log file (empty if unreadable).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -343,9 +343,8 @@ async fn ratings_acknowledged_before_the_stream_node_is_sigkilled_survive_its_re
     // everysec — written to the AOF before the 202, not necessarily fsynced).
     lock_out_books(&db).await?;
     let accepted = rate_all(&client, &gateway, &tokens, &books, 0).await?;
-    kill(Pid::from_raw(node.pid as i32), Signal::SIGKILL)?;
     // The new server takes the old one's port and AOF: only once the old process is gone.
-    stack::process::wait_dead(node.pid, &node.name).await?;
+    stack::chaos::launch::kill_and_wait(node.pid).await?;
     let _back = TestRedis::start_in(&platform.dir().join("redis/1"), port).await?;
     let_books_in(&db).await?;
     wait_for_ratings(&db, &accepted, Duration::from_secs(15)).await?;

@@ -230,15 +230,11 @@ async fn with_every_instance_down_clients_get_fast_503s_and_attempts_stay_within
 -> anyhow::Result<()> {
     let platform = start().await?;
     let gw = platform.gateway_url().to_owned();
-    let books = platform.processes("books");
-    for instance in &books {
-        signal(instance.pid, Signal::SIGKILL)?;
-    }
     // Down, not dying: a request written into a socket the kernel has not closed yet (a big process
     // takes a while to tear down) dies with the process, and the last one tried answers 502 (the
     // exchange broke off) rather than 503 (nothing reachable). CI saw that once.
-    for instance in &books {
-        stack::process::wait_dead(instance.pid, &instance.name).await?;
+    for instance in platform.processes("books") {
+        stack::chaos::launch::kill_and_wait(instance.pid).await?;
     }
     let client = client();
     let attempts_before = metric(

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use crate::cluster::patroni::{self, MemberView};
 use crate::cluster::{ClusterInfo, MemberInfo, topology};
 use crate::postgres::SUPERUSER;
-use crate::process;
 use crate::state::State;
+use anyhow::Context;
 
+use super::launch;
 use super::partition::Partition;
 use super::restart::{self, Request};
 use super::scenario::Scenario;
@@ -141,7 +142,9 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Fault> {
                 killed.push((victim, pid));
             }
             for (victim, pid) in &killed {
-                process::wait_dead(*pid, &victim.name).await?;
+                launch::wait_exit(*pid, Duration::from_secs(10))
+                    .await
+                    .with_context(|| format!("{} after SIGKILL", victim.name))?;
             }
             Ok(Fault::KilledNodes(killed))
         }
@@ -149,7 +152,9 @@ pub async fn inject(dir: &Path, scenario: Scenario) -> anyhow::Result<Fault> {
             let pid = crate::cluster::postmaster_pid(&leader.data_dir)
                 .ok_or_else(|| anyhow::anyhow!("the primary {} has no postmaster", leader.name))?;
             kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-            process::wait_dead(pid.unsigned_abs(), &leader.name).await?;
+            launch::wait_exit(pid.unsigned_abs(), Duration::from_secs(10))
+                .await
+                .with_context(|| format!("{} after SIGKILL", leader.name))?;
             Ok(Fault::KilledPrimary(leader))
         }
         Scenario::PartitionPrimary => {

@@ -169,6 +169,14 @@ pub async fn terminate_and_wait(pid: u32) -> anyhow::Result<()> {
 
 async fn stop_and_wait(pid: u32, sent: Signal, patience: Duration) -> anyhow::Result<()> {
     signal(pid, sent)?;
+    wait_exit(pid, patience)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} of {sent}"))
+}
+
+/// Waits up to `patience` until `pid` is gone, or a zombie its parent has yet to reap (it holds no
+/// sockets any more): `kill(2)` only queues a signal, and a big process takes a while to tear down.
+pub async fn wait_exit(pid: u32, patience: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + patience;
     while tokio::time::Instant::now() < deadline {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -181,7 +189,7 @@ async fn stop_and_wait(pid: u32, sent: Signal, patience: Duration) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    anyhow::bail!("process {pid} did not exit within {patience:?} of {sent}")
+    anyhow::bail!("process {pid} did not exit within {patience:?}")
 }
 
 /// A process stopped with SIGSTOP; dropping this sends SIGCONT, so an error or a panic never leaves
