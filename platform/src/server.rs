@@ -343,7 +343,7 @@ fn ensure_traceparent(mut request: Request) -> Request {
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| trace_id_of(v).is_some());
-    if !valid && let Ok(value) = HeaderValue::try_from(new_traceparent()) {
+    if !valid && let Some(value) = new_traceparent() {
         request.headers_mut().insert(TRACEPARENT, value);
         if crate::otlp::enabled() {
             request.extensions_mut().insert(crate::otlp::StartedHere);
@@ -388,9 +388,39 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 
 /// A version-00 `traceparent` with a random trace id and parent id (neither all zeros, which
 /// would be invalid), sampled.
-fn new_traceparent() -> String {
+fn new_traceparent() -> Option<HeaderValue> {
     let (trace, parent): (u128, u64) = rand::random();
-    format!("00-{:032x}-{:016x}-01", trace.max(1), parent.max(1))
+    let mut trace_id = [0; 32];
+    hex_into(&mut trace_id, trace.max(1));
+    traceparent(&trace_id, parent, b"01")
+}
+
+/// A version-00 `traceparent` of the given trace id (32 hex digits), parent id (zero is made one:
+/// all zeros is invalid) and flags (2 hex digits). Written by hand, not with `format!`: one is made
+/// for every request that arrives without one and for every call forwarded, and `core::fmt`'s
+/// padded hex cost ten times what the table below does.
+pub(crate) fn traceparent(
+    trace_id: &[u8; 32],
+    parent: u64,
+    flags: &[u8; 2],
+) -> Option<HeaderValue> {
+    let mut text = [0; 55];
+    text[..3].copy_from_slice(b"00-");
+    text[3..35].copy_from_slice(trace_id);
+    text[35] = b'-';
+    hex_into(&mut text[36..52], u128::from(parent.max(1)));
+    text[52] = b'-';
+    text[53..].copy_from_slice(flags);
+    HeaderValue::from_bytes(&text).ok()
+}
+
+/// The low `out.len()` hex digits of `value`, lower case, most significant first.
+fn hex_into(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 #[cfg(test)]
@@ -550,8 +580,12 @@ mod tests {
 
     #[test]
     fn started_traceparents_are_well_formed_and_random() {
-        let first = new_traceparent();
-        let second = new_traceparent();
+        let text = |value: Option<HeaderValue>| {
+            value
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+                .expect("a traceparent")
+        };
+        let (first, second) = (text(new_traceparent()), text(new_traceparent()));
         assert_eq!(first.len(), 55, "{first}");
         assert!(
             first.starts_with("00-") && first.ends_with("-01"),
@@ -561,5 +595,27 @@ mod tests {
         assert!(trace_id_of(&second).is_some(), "{second}");
         assert_ne!(trace_id_of(&first), trace_id_of(&second));
         assert_ne!(first[36..52], second[36..52], "parent ids repeat");
+    }
+
+    #[test]
+    fn traceparents_are_written_with_every_digit_in_place() {
+        let value = traceparent(
+            b"4bf92f3577b34da6a3ce929d0e0e4736",
+            0x00f0_67aa_0ba9_02b7,
+            b"00",
+        );
+        assert_eq!(
+            value.as_ref().and_then(|v| v.to_str().ok()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+        );
+        // A zero parent id is invalid: it becomes one.
+        let value = traceparent(b"4bf92f3577b34da6a3ce929d0e0e4736", 0, b"01");
+        assert_eq!(
+            value.as_ref().and_then(|v| v.to_str().ok()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000001-01")
+        );
+        let mut digits = [0; 32];
+        hex_into(&mut digits, u128::MAX - 0xf0);
+        assert_eq!(&digits, b"ffffffffffffffffffffffffffffff0f");
     }
 }

@@ -139,9 +139,10 @@ pub fn child_of(traceparent: &str) -> Option<HeaderValue> {
     if let Some(exported) = crate::otlp::traceparent_from_current_span(trace_id) {
         return Some(exported);
     }
-    let flags = traceparent.rsplit('-').next()?;
-    let parent: u64 = rand::random();
-    HeaderValue::try_from(format!("00-{trace_id}-{:016x}-{flags}", parent.max(1))).ok()
+    // `trace_id_of` checked the layout: 32 hex digits of trace id, 2 of flags at the end.
+    let trace_id: &[u8; 32] = trace_id.as_bytes().try_into().ok()?;
+    let flags: &[u8; 2] = traceparent.as_bytes().get(53..)?.try_into().ok()?;
+    crate::server::traceparent(trace_id, rand::random(), flags)
 }
 
 /// `future` inside the current request's scope (none outside a request), for work spawned on the
@@ -170,6 +171,21 @@ mod tests {
         assert!(child.ends_with("-01"), "{child}");
         assert_ne!(child, PARENT);
         assert_eq!(child_of("not a traceparent"), None);
+        let unsampled = PARENT.replace("-01", "-00");
+        let child = child_of(&unsampled).expect("a child");
+        let child = child.to_str().expect("ascii");
+        assert!(
+            child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{child}"
+        );
+        assert!(child.ends_with("-00"), "the flags are kept: {child}");
+        let parent_id = &child[36..52];
+        assert!(
+            parent_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{child}"
+        );
     }
 
     #[tokio::test]
