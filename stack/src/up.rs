@@ -633,18 +633,32 @@ async fn supervise(
 /// the start order. The instances of one kind (books-1 and books-2, …) are peers and stop
 /// together — each keeps serving for `drain_after_deregister_ms` after it deregisters, and one
 /// after the other those waits were most of the time `up` took to stop.
+/// When `up` stops a child of `kind`, lowest first; a tier's children stop together. The front door
+/// and its monitors go first, so no new request comes in; then every service at once — each
+/// deregisters and keeps serving for `drain_after_deregister_ms` before it stops, and they started
+/// together and need none of the others to stop, so their drains overlap instead of adding up;
+/// then the registry, then the cache nodes (PostgreSQL after all of them).
+fn stop_tier(kind: &str) -> u8 {
+    match kind {
+        "gateway" | "prometheus" | "alertmanager" => 0,
+        "discovery" => 2,
+        "redis" => 3,
+        _ => 1,
+    }
+}
+
 async fn shutdown(mut running: Running, quiet: bool) {
     if !quiet {
         eprintln!("bookstore: stopping…");
     }
-    while let Some(kind) = running.children.last().map(|(info, _)| info.kind.clone()) {
-        let first_peer = running
-            .children
-            .iter()
-            .rposition(|(info, _)| info.kind != kind)
-            .map_or(0, |before| before + 1);
-        let peers = running.children.split_off(first_peer);
-        futures::future::join_all(peers.into_iter().map(|(info, mut child)| async move {
+    let children = std::mem::take(&mut running.children);
+    let last_tier = children.iter().map(|(info, _)| stop_tier(&info.kind)).max();
+    let mut tiers: Vec<Vec<_>> = (0..=last_tier.unwrap_or(0)).map(|_| Vec::new()).collect();
+    for child in children {
+        tiers[usize::from(stop_tier(&child.0.kind))].push(child);
+    }
+    for tier in tiers {
+        futures::future::join_all(tier.into_iter().map(|(info, mut child)| async move {
             if let Err(e) = child.stop(Duration::from_secs(15)).await {
                 eprintln!("bookstore: stopping {}: {e:#}", info.name);
             }
@@ -669,7 +683,23 @@ async fn shutdown(mut running: Running, quiet: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::component_overrides;
+    use super::{component_overrides, stop_tier};
+
+    #[test]
+    fn the_front_door_stops_first_then_every_service_together_then_the_registry_and_cache() {
+        let kinds = [
+            "gateway",
+            "prometheus",
+            "alertmanager",
+            "books",
+            "orders",
+            "coordinator",
+            "warehouse",
+            "discovery",
+            "redis",
+        ];
+        assert_eq!(kinds.map(stop_tier), [0, 0, 0, 1, 1, 1, 1, 2, 3]);
+    }
 
     #[test]
     fn settings_for_one_kind_reach_only_that_kind_without_its_prefix() {
