@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Instructions the gateway executes per proxied request, counted by valgrind (callgrind), against
-# the bare axum+hyper proxy and, optionally, another build of the gateway — in the same run, on the
-# same upstream.
+# the bare axum+hyper proxy, nginx and, optionally, another build of the gateway — in the same run,
+# on the same upstream.
 #
-#   bench/gateway-instructions.sh                  # ~3 minutes; prints the table, writes $BENCH_OUT
+#   bench/gateway-instructions.sh                  # ~4 minutes; prints the table, writes $BENCH_OUT
 #
 # Why: bench/gateway-vs-nginx.sh measures time, and on these shared 2-vCPU VMs a change of a few
 # percent of the gateway's CPU per request is inside its run-to-run noise even over ten rounds.
@@ -20,6 +20,7 @@
 #
 # Knobs: BOOKSTORE_BIN (else builds the release binary), BASELINE_BIN (a second gateway build to
 # compare), BARE_PROXY=0 (skip the bare proxy; BARE_PROXY_BIN=<path> uses a built one),
+# NGINX_TARGET=0 (skip nginx: one worker, configured as in bench/gateway-vs-nginx.sh),
 # DURATION=15s, WARMUP=3s, CONNECTIONS=8, BENCH_OUT=<dir> (dumps, wrk outputs, per-layer reports;
 # a new /tmp directory by default), CALLGRIND_ARGS (more callgrind options: `--cache-sim=yes` adds
 # simulated cache misses per request to the table — first-level and last-level, data and
@@ -32,11 +33,14 @@ DURATION=${DURATION:-15s}
 WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-8}
 BARE_PROXY=${BARE_PROXY:-1}
+NGINX_TARGET=${NGINX_TARGET:-1}
 
 missing=()
 for tool in valgrind wrk curl python3; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[[ "$NGINX_TARGET" == 1 && ! -x "$NGINX" ]] && missing+=(nginx-light)
 if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null ||
     die "missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]})"
@@ -158,6 +162,45 @@ if [[ "$BARE_PROXY" == 1 ]]; then
   port=$(free_port)
   say "bare axum+hyper proxy under callgrind"
   results+=("$(measure bare "$bare_bin" "127.0.0.1:$port" "${books_url#http://}")")
+fi
+
+if [[ "$NGINX_TARGET" == 1 ]]; then
+  # nginx as in bench/gateway-vs-nginx.sh (one worker, upstream keep-alive pool, no access log),
+  # here as one process (`master_process off`) so callgrind sees the worker.
+  port=$(free_port)
+  dir="$work/nginx"
+  mkdir -p "$dir/logs" "$dir/tmp"
+  chmod 755 "$dir" "$dir/tmp" "$dir/logs"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_requests 1000000;
+    upstream books {
+        server ${books_url#http://};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://books;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  say "nginx (one worker) under callgrind"
+  results+=("$(measure nginx "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off; master_process off;')")
 fi
 
 printf '%s\n' "${results[@]}" | python3 bench/callgrind_report.py table "$path" "$out/results.json"
