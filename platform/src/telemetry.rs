@@ -244,24 +244,27 @@ fn write_timestamp(
     out: &mut impl std::fmt::Write,
     time: std::time::SystemTime,
 ) -> std::fmt::Result {
-    thread_local! {
-        /// The second last written by this thread, and its text.
-        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
-    SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != seconds {
-            text.clear();
-            let utc = i64::try_from(seconds)
-                .ok()
-                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-                .unwrap_or_default();
-            write!(text, "{}", utc.format("%Y-%m-%dT%H:%M:%S"))?;
-            *cached = seconds;
-        }
-        out.write_str(text)
-    })?;
+    // Not cached when the thread-local is gone (a line logged while the thread exits) or in use
+    // (a line logged while one is being written): such a line is formatted in full.
+    let from_cache = SECOND
+        .try_with(|second| {
+            let mut second = second.try_borrow_mut().ok()?;
+            let (cached, text) = &mut *second;
+            if *cached != seconds {
+                text.clear();
+                write_second(text, seconds).ok()?;
+                *cached = seconds;
+            }
+            Some(out.write_str(text))
+        })
+        .ok()
+        .flatten();
+    match from_cache {
+        Some(written) => written?,
+        None => write_second(out, seconds)?,
+    }
     let mut fraction = *b".000000Z";
     let mut micros = since_epoch.subsec_micros();
     for digit in fraction[1..7].iter_mut().rev() {
@@ -269,6 +272,20 @@ fn write_timestamp(
         micros /= 10;
     }
     out.write_str(std::str::from_utf8(&fraction).map_err(|_| std::fmt::Error)?)
+}
+
+thread_local! {
+    /// The second last written by this thread, and its text (see [`write_timestamp`]).
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `2026-12-05T06:01:02`: the date and time of `seconds` since the epoch, in UTC.
+fn write_second(out: &mut impl std::fmt::Write, seconds: u64) -> std::fmt::Result {
+    let utc = i64::try_from(seconds)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .unwrap_or_default();
+    write!(out, "{}", utc.format("%Y-%m-%dT%H:%M:%S"))
 }
 
 /// Bytes that cannot stand as they are inside a JSON string.
@@ -658,6 +675,12 @@ mod tests {
                 .format("%Y-%m-%dT%H:%M:%S%.6fZ")
                 .to_string();
             assert_eq!(text, expected);
+            // The same while the cache is in use (a line written while another one is).
+            let uncached = SECOND.with_borrow_mut(|_| {
+                let mut text = String::new();
+                write_timestamp(&mut text, time).map(|()| text)
+            });
+            assert_eq!(uncached.as_deref(), Ok(expected.as_str()));
         }
     }
 
