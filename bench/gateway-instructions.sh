@@ -169,36 +169,7 @@ if [[ "$NGINX_TARGET" == 1 ]]; then
   # here as one process (`master_process off`) so callgrind sees the worker.
   port=$(free_port)
   dir="$work/nginx"
-  mkdir -p "$dir/logs" "$dir/tmp"
-  chmod 755 "$dir" "$dir/tmp" "$dir/logs"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_requests 1000000;
-    upstream books {
-        server ${books_url#http://};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://books;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+  nginx_conf "$dir" "$port" "${books_url#http://}" 1
   say "nginx (one worker) under callgrind"
   results+=("$(measure nginx "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off; master_process off;')")
 fi

@@ -189,41 +189,12 @@ start_nginx() { # name workers [log] -> sets nginx_url and nginx_pid
   local name=$1 workers=$2 log=${3:-} port dir access="access_log off;"
   port=$(free_port)
   dir="$work/$name"
-  mkdir -p "$dir/logs" "$dir/tmp"
-  chmod 755 "$dir" "$dir/tmp" "$dir/logs" # nginx workers run as nobody when started as root
   if [[ -n "$log" ]]; then
     # The gateway's access line's fields: time, level, status, latency, method, path, request id.
     access="log_format line escape=json '{\"timestamp\":\"\$time_iso8601\",\"level\":\"INFO\",\"message\":\"request served\",\"status\":\$status,\"latency_ms\":\$request_time,\"span\":{\"method\":\"\$request_method\",\"path\":\"\$uri\",\"request_id\":\"\$request_id\"}}';
     access_log $dir/logs/access.log line buffer=64k flush=1s;"
   fi
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes $workers;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    $access
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_requests 1000000;
-    upstream books {
-        server $books_addr;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://books;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+  nginx_conf "$dir" "$port" "$books_addr" "$workers" "$access"
   "${on_proxy_cpu[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/logs/stdout.log" 2>&1 &
   nginx_pid=$!
   nginx_pids+=("$nginx_pid")

@@ -5,6 +5,8 @@
 #                             free ports, extra up options after DIR); waits until ready; sets
 #                             up_pid and gateway. The log is DIR.out.
 #   stop_platform             SIGTERM, 30 s to stop in order, then SIGKILL
+#   nginx_conf DIR PORT UPSTREAM WORKERS [ACCESS]
+#                             writes DIR/nginx.conf: nginx as the gateway benchmarks run it
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
@@ -48,4 +50,42 @@ stop_platform() {
     kill -KILL "$up_pid" 2>/dev/null || true
     up_pid=""
   fi
+}
+
+# nginx as a reverse proxy the way the gateway benchmarks compare against it: WORKERS worker
+# processes on 127.0.0.1:PORT in front of UPSTREAM (host:port) with a keep-alive pool, no access
+# log unless ACCESS gives the directives, and nginx's default of 1000 requests per connection
+# lifted on both sides (the gateway never reconnects either). Temporary files under DIR.
+nginx_conf() {
+  local dir=$1 port=$2 upstream=$3 workers=$4 access=${5:-"access_log off;"}
+  mkdir -p "$dir/logs" "$dir/tmp"
+  chmod 755 "$dir" "$dir/tmp" "$dir/logs" # nginx workers run as nobody when started as root
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    $access
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_requests 1000000;
+    upstream books {
+        server $upstream;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://books;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
 }
