@@ -152,16 +152,10 @@ if [[ -n "${BASELINE_BIN:-}" ]]; then
   results+=("$(gateway_under_callgrind baseline "$BASELINE_BIN")")
 fi
 if [[ "$BARE_PROXY" == 1 ]]; then
-  bare_bin=${BARE_PROXY_BIN:-}
-  if [[ -z "$bare_bin" ]]; then
-    say "building gateway/examples/bare_proxy.rs (release)"
-    cargo build --release --quiet -p gateway --example bare_proxy
-    bare_bin="$(cargo metadata --format-version 1 --no-deps |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/bare_proxy"
-  fi
+  bare_proxy_binary
   port=$(free_port)
   say "bare axum+hyper proxy under callgrind"
-  results+=("$(measure bare "$bare_bin" "127.0.0.1:$port" "${books_url#http://}")")
+  results+=("$(measure bare "$BARE_BIN" "127.0.0.1:$port" "${books_url#http://}")")
 fi
 
 if [[ "$NGINX_TARGET" == 1 ]]; then

@@ -245,15 +245,9 @@ if [[ -n "${BASELINE_BIN:-}${BASELINE_ENV:-}" ]]; then
 fi
 
 if [[ "${BARE_PROXY:-}" == 1 ]]; then
-  bare_bin=${BARE_PROXY_BIN:-}
-  if [[ -z "$bare_bin" ]]; then
-    say "building gateway/examples/bare_proxy.rs (release)"
-    cargo build --release --quiet -p gateway --example bare_proxy
-    bare_bin="$(cargo metadata --format-version 1 --no-deps |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/bare_proxy"
-  fi
+  bare_proxy_binary
   port=$(free_port)
-  "${on_proxy_cpu[@]}" "$bare_bin" "127.0.0.1:$port" "$books_addr" >"$work/bare.log" 2>&1 &
+  "${on_proxy_cpu[@]}" "$BARE_BIN" "127.0.0.1:$port" "$books_addr" >"$work/bare.log" 2>&1 &
   add_target bare "$!" "http://127.0.0.1:$port"
 fi
 

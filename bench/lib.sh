@@ -1,6 +1,7 @@
 # Shared by the bench scripts: `source bench/lib.sh` after `cd` to the repository root.
 #   say / die                 progress and fatal messages on stderr
 #   bookstore_binary          sets BOOKSTORE: $BOOKSTORE_BIN, else builds the release binary
+#   bare_proxy_binary         sets BARE_BIN: $BARE_PROXY_BIN, else builds the bare proxy example
 #   start_platform DIR [..]   `bookstore up` in the background (rate limiter off, no demo data,
 #                             free ports, extra up options after DIR); waits until ready; sets
 #                             up_pid and gateway. The log is DIR.out.
@@ -18,10 +19,24 @@ bookstore_binary() {
   fi
   say "building the release binary"
   cargo build --release --quiet --bin bookstore
-  local target_dir
-  target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  BOOKSTORE="$target_dir/release/bookstore"
+  BOOKSTORE="$(target_dir)/release/bookstore"
+}
+
+# Cargo's target directory (CARGO_TARGET_DIR or the workspace's).
+target_dir() {
+  cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+# Sets BARE_BIN: $BARE_PROXY_BIN, else builds gateway/examples/bare_proxy.rs (release).
+bare_proxy_binary() {
+  if [[ -n "${BARE_PROXY_BIN:-}" ]]; then
+    BARE_BIN=$BARE_PROXY_BIN
+    return
+  fi
+  say "building gateway/examples/bare_proxy.rs (release)"
+  cargo build --release --quiet -p gateway --example bare_proxy
+  BARE_BIN="$(target_dir)/release/examples/bare_proxy"
 }
 
 # Reads one top-level field of a JSON file.
