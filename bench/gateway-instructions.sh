@@ -8,9 +8,10 @@
 # Why: bench/gateway-vs-nginx.sh measures time, and on these shared 2-vCPU VMs a change of a few
 # percent of the gateway's CPU per request is inside its run-to-run noise even over ten rounds.
 # An instruction count does not move with the neighbours, so a cut of 1 % shows as 1 %. It counts
-# user space only (the kernel's TCP and scheduling are not in it) and says nothing of cache misses
-# or branch prediction: it tells whether the gateway's own work got smaller, and by how much; the
-# wall-clock benchmark tells what that is worth.
+# user space only (the kernel's TCP and scheduling are not in it), and cache misses only as
+# valgrind's model simulates them (CALLGRIND_ARGS below): it tells whether the gateway's own work
+# got smaller, and by how much; the wall-clock benchmark tells what that is worth — a 10 % cut of
+# string formatting was not worth a visible microsecond (docs/BENCHMARKS.md).
 #
 # Each target runs alone under callgrind (which serialises its threads), gets WARMUP of wrk, then
 # its counters are zeroed, wrk runs DURATION at CONNECTIONS, and the counters are dumped: total

@@ -398,7 +398,7 @@ fn new_traceparent() -> Option<HeaderValue> {
 /// A version-00 `traceparent` of the given trace id (32 hex digits), parent id (zero is made one:
 /// all zeros is invalid) and flags (2 hex digits). Written by hand, not with `format!`: one is made
 /// for every request that arrives without one and for every call forwarded, and `core::fmt`'s
-/// padded hex cost ten times what the table below does.
+/// padded hex cost four to five times what the table below does.
 pub(crate) fn traceparent(
     trace_id: &[u8; 32],
     parent: u64,

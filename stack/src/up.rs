@@ -629,15 +629,12 @@ async fn supervise(
     }
 }
 
-/// Stops the gateway first, then the services, the registry, and PostgreSQL last: the reverse of
-/// the start order. The instances of one kind (books-1 and books-2, …) are peers and stop
-/// together — each keeps serving for `drain_after_deregister_ms` after it deregisters, and one
-/// after the other those waits were most of the time `up` took to stop.
 /// When `up` stops a child of `kind`, lowest first; a tier's children stop together. The front door
 /// and its monitors go first, so no new request comes in; then every service at once — each
 /// deregisters and keeps serving for `drain_after_deregister_ms` before it stops, and they started
-/// together and need none of the others to stop, so their drains overlap instead of adding up;
-/// then the registry, then the cache nodes (PostgreSQL after all of them).
+/// together and need none of the others to stop, so their drains overlap instead of adding up
+/// (one kind after another, those waits were most of the time `up` took to stop); then the
+/// registry, then the cache nodes.
 fn stop_tier(kind: &str) -> u8 {
     match kind {
         "gateway" | "prometheus" | "alertmanager" => 0,
@@ -647,6 +644,7 @@ fn stop_tier(kind: &str) -> u8 {
     }
 }
 
+/// Stops the children tier by tier (see [`stop_tier`]), then PostgreSQL, last.
 async fn shutdown(mut running: Running, quiet: bool) {
     if !quiet {
         eprintln!("bookstore: stopping…");
