@@ -76,21 +76,10 @@ env BOOKSTORE_GATEWAY__THREADS=1 BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=true \
   BOOKSTORE_GATEWAY__RATE_LIMIT__BURST=1000000000 "$BOOKSTORE" up --dir "$work/platform" --gateway-port 0 --registry-port 0 --quiet --instances 1 \
   >"$work/up.out" 2>&1 &
 up_pid=$!
-for _ in $(seq 1 1200); do
-  kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.out" >&2; die "bookstore up exited"; }
-  [[ $(json_field "$work/platform/state.json" ready 2>/dev/null) == True ]] && break
-  sleep 0.1
-done
-process_field() { # kind field
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))
-print([p for p in s["processes"] if p["kind"]==sys.argv[2]][0][sys.argv[3]])' \
-    "$work/platform/state.json" "$1" "$2"
-}
-books_url=$(process_field books url)
-gateway_pid=$(process_field gateway pid)
-id=$(curl -sf "$books_url/api/books?limit=1" |
-  python3 -c 'import json,sys; d=json.load(sys.stdin); print((d["items"] if isinstance(d,dict) else d)[0]["id"])')
-path="/api/books/$id"
+wait_until_up "$work/platform" "$work/up.out"
+books_url=$(process_field "$work/platform" books url)
+gateway_pid=$(process_field "$work/platform" gateway pid)
+path="/api/books/$(first_book_id "$books_url")"
 expected=$(curl -sf "$books_url$path")
 mapfile -d '' gateway_environ <"/proc/$gateway_pid/environ"
 

@@ -148,32 +148,12 @@ fi
 env "${gateway_env[@]}" "${on_upstream_cpu[@]}" "$BOOKSTORE" up --dir "$work/platform" --gateway-port 0 --registry-port 0 \
   --quiet --instances 1 >"$work/up.out" 2>&1 &
 up_pid=$!
-state="$work/platform/state.json"
-for _ in $(seq 1 1200); do
-  kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.out" >&2; die "bookstore up exited"; }
-  [[ -f "$state" ]] && python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$state" 2>/dev/null && break
-  sleep 0.1
-done
-python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ready"] else 1)' "$state" 2>/dev/null ||
-  die "the platform was not ready after 120 s (logs in $work/platform/logs)"
-
-read_state() {
-  python3 - "$state" "$1" <<'EOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-want = sys.argv[2]
-if want == "gateway_url":
-    print(s["gateway_url"])
-else:
-    kind, field = want.split(".")
-    print([p for p in s["processes"] if p["kind"] == kind][0][field])
-EOF
-}
-gateway_url=$(read_state gateway_url)
-books_url=$(read_state books.url)
-books_pid=$(read_state books.pid)
-gateway_pid=$(read_state gateway.pid)
-postgres_pid=$(read_state postgres.pid)
+wait_until_up "$work/platform" "$work/up.out"
+gateway_url=$(json_field "$work/platform/state.json" gateway_url)
+books_url=$(process_field "$work/platform" books url)
+books_pid=$(process_field "$work/platform" books pid)
+gateway_pid=$(process_field "$work/platform" gateway pid)
+postgres_pid=$(process_field "$work/platform" postgres pid)
 pin_proxy() { # pid: every thread of it onto the proxies' CPU
   [[ "$PIN_PROXY" == 1 ]] && taskset -a -p -c 1 "$1" >/dev/null
   return 0
@@ -181,8 +161,7 @@ pin_proxy() { # pid: every thread of it onto the proxies' CPU
 pin_proxy "$gateway_pid"
 books_addr=${books_url#http://}
 
-book_id=$(curl -sf "$books_url/api/books?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
-[[ -n "$book_id" ]] || die "no book found at $books_url/api/books?limit=1"
+book_id=$(first_book_id "$books_url")
 path="/api/books/$book_id"
 
 start_nginx() { # name workers [log] -> sets nginx_url and nginx_pid

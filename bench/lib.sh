@@ -6,6 +6,9 @@
 #                             free ports, extra up options after DIR); waits until ready; sets
 #                             up_pid and gateway. The log is DIR.out.
 #   stop_platform             SIGTERM, 30 s to stop in order, then SIGKILL
+#   wait_until_up DIR OUT     waits for the `up` started as up_pid (output in OUT) to be ready
+#   process_field DIR K F     field F of the first process of kind K in DIR/state.json
+#   first_book_id URL         the first book's id in the catalog at URL
 #   nginx_conf DIR PORT UPSTREAM WORKERS [ACCESS]
 #                             writes DIR/nginx.conf: nginx as the gateway benchmarks run it
 
@@ -44,17 +47,39 @@ json_field() {
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
 }
 
+# One field of the first process of KIND in DIR/state.json (e.g. `books url`, `gateway pid`).
+process_field() { # dir kind field
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))
+print([p for p in s["processes"] if p["kind"]==sys.argv[2]][0][sys.argv[3]])' \
+    "$1/state.json" "$2" "$3"
+}
+
+# The id of the first book in the catalog of the books (or gateway) URL; dies if there is none.
+first_book_id() {
+  local id
+  id=$(curl -sf "$1/api/books?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])') ||
+    die "no book found at $1/api/books?limit=1"
+  echo "$id"
+}
+
 up_pid=""
+# Waits until the `bookstore up` running as $up_pid (its output in OUT) has written DIR/state.json
+# as ready; dies if it exits first or is not ready within 120 s.
+wait_until_up() { # dir out
+  for _ in $(seq 1 1200); do
+    kill -0 "$up_pid" 2>/dev/null || { cat "$2" >&2; die "bookstore up exited"; }
+    [[ $(json_field "$1/state.json" ready 2>/dev/null) == True ]] && return
+    sleep 0.1
+  done
+  die "the platform was not ready after 120 s (logs in $1/logs)"
+}
+
 start_platform() {
   local dir=$1; shift
   BOOKSTORE_GATEWAY__RATE_LIMIT__ENABLED=false "$BOOKSTORE" up --dir "$dir" \
     --gateway-port 0 --registry-port 0 --quiet --no-demo "$@" >"$dir.out" 2>&1 &
   up_pid=$!
-  for _ in $(seq 1 1200); do
-    kill -0 "$up_pid" 2>/dev/null || { cat "$dir.out" >&2; die "bookstore up exited"; }
-    [[ $(json_field "$dir/state.json" ready 2>/dev/null) == True ]] && break
-    sleep 0.1
-  done
+  wait_until_up "$dir" "$dir.out"
   gateway=$(json_field "$dir/state.json" gateway_url)
 }
 
