@@ -1,6 +1,6 @@
-//! Sends one attempt of an [`Exchange`] to one chosen instance over a keep-alive pool (hyper's
-//! HTTP/1 client) and streams the answer back. It knows nothing of routing or retries; those wrap
-//! it.
+//! Sends one attempt of an [`Exchange`] to one chosen instance over a keep-alive connection
+//! ([`connections`](crate::connections)) and streams the answer back. It knows nothing of routing
+//! or retries; those wrap it.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -13,26 +13,24 @@ use axum::body::Body;
 use bytes::Bytes;
 use discovery::client::Instance;
 use foldhash::HashMap;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::{Counter, Histogram};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::UpstreamConfig;
+use crate::connections::{self, Connections, Lease, SendError};
 use crate::deadline;
 use crate::exchange::{Exchange, UpstreamError};
 
-/// The forwarding client: one connection pool per thread, shared by all instances. Cheap to
+/// The forwarding client: keep-alive connections per thread, shared by all instances. Cheap to
 /// clone.
 ///
 /// Per thread because the gateway serves on one single-threaded runtime per core
-/// ([`platform::server::Server::serve_per_core`]): a pooled connection's task runs on the runtime
-/// that opened it, so a pool shared between threads would hand a request to a connection driven
+/// ([`platform::server::Server::serve_per_core`]): a connection's task runs on the runtime that
+/// opened it, so connections shared between threads would hand a request to a connection driven
 /// by another thread — a cross-thread wakeup each way, which cost the gateway more CPU than any
 /// of its layers.
 #[derive(Clone)]
@@ -40,15 +38,14 @@ pub struct Forward {
     inner: Arc<Inner>,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 thread_local! {
-    /// This thread's pool of each live [`Forward`], found by the address of its `Inner`.
-    static CLIENTS: RefCell<Vec<(Weak<Inner>, HttpClient)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's connections of each live [`Forward`], found by the address of its `Inner`.
+    static CONNECTIONS: RefCell<Vec<(Weak<Inner>, Arc<Connections>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 struct Inner {
-    settings: UpstreamConfig,
+    settings: connections::Settings,
     /// From sending a request to the last byte of its answer.
     request_timeout: Duration,
     /// Each instance's authority and `Host` value, by instance id, built once.
@@ -59,7 +56,8 @@ struct Inner {
 struct Target {
     address: String,
     port: u16,
-    authority: Authority,
+    /// `host:port`, to connect to and to find its idle connections by.
+    authority: Arc<str>,
     host: HeaderValue,
 }
 
@@ -69,13 +67,15 @@ impl Target {
             Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", instance.port),
             _ => format!("{}:{}", instance.address, instance.port),
         };
-        let authority = Authority::from_maybe_shared(Bytes::from(authority))
-            .map_err(|e| format!("invalid address {}: {e}", instance.address))?;
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        // What a URI would accept as its authority (no path, no user info) is a valid `Host`.
+        let host = authority
+            .parse::<http::uri::Authority>()
+            .map_err(|e| format!("invalid address {}: {e}", instance.address))
+            .and_then(|valid| HeaderValue::from_str(valid.as_str()).map_err(|e| e.to_string()))?;
         Ok(Target {
             address: instance.address.clone(),
             port: instance.port,
-            authority,
+            authority: authority.into(),
             host,
         })
     }
@@ -100,28 +100,31 @@ impl Forward {
     pub fn new(config: &UpstreamConfig) -> anyhow::Result<Forward> {
         Ok(Forward {
             inner: Arc::new(Inner {
-                settings: config.clone(),
+                settings: connections::Settings {
+                    connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                    max_idle_per_instance: config.pool_max_idle_per_host,
+                    idle_timeout: Duration::from_millis(config.pool_idle_timeout_ms),
+                },
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 targets: RwLock::new(HashMap::default()),
             }),
         })
     }
 
-    /// Sends `request` through this thread's pool, made on first use.
-    fn send(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
-        CLIENTS.with(|clients| {
-            let mut clients = clients.borrow_mut();
+    /// This thread's connections, made on first use.
+    fn connections(&self) -> Arc<Connections> {
+        CONNECTIONS.with_borrow_mut(|all| {
             // By address: a Weak keeps its allocation, so no later Forward can have the same one.
             let mine = Arc::as_ptr(&self.inner);
-            if let Some((_, client)) = clients.iter().find(|(owner, _)| owner.as_ptr() == mine) {
-                return client.request(request);
+            if let Some((_, connections)) = all.iter().find(|(owner, _)| owner.as_ptr() == mine) {
+                return connections.clone();
             }
-            // Only on a miss: pools of forwards that are gone (a test's gateway) are dropped.
-            clients.retain(|(owner, _)| owner.strong_count() > 0);
-            let client = build_client(&self.inner.settings);
-            let future = client.request(request);
-            clients.push((Arc::downgrade(&self.inner), client));
-            future
+            // Only on a miss: the connections of forwards that are gone (a test's gateway) go.
+            all.retain(|(owner, _)| owner.strong_count() > 0);
+            let owner = Arc::downgrade(&self.inner);
+            let connections = Connections::new(self.inner.settings, owner.clone());
+            all.push((owner, connections.clone()));
+            connections
         })
     }
 
@@ -155,24 +158,17 @@ impl Forward {
                 // The service stops working on this attempt when the gateway stops waiting for it.
                 deadline::stamp(&mut headers, timeout);
                 continue_trace(&mut headers);
-                let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(Scheme::HTTP);
-                parts.authority = Some(target.authority.clone());
-                parts.path_and_query = Some(
-                    uri.into_parts()
-                        .path_and_query
-                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
-                );
-                match Uri::from_parts(parts) {
-                    Ok(uri) => {
-                        let mut request = Request::new(Full::new(body));
-                        *request.method_mut() = method;
-                        *request.uri_mut() = uri;
-                        *request.headers_mut() = headers;
-                        self.attempt(instance, request, started, timeout).await
-                    }
-                    Err(e) => Err(failed(instance, e.to_string())),
-                }
+                // Origin-form: the upstream is no proxy.
+                let path = uri
+                    .into_parts()
+                    .path_and_query
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                let mut request = Request::new(Full::new(body));
+                *request.method_mut() = method;
+                *request.uri_mut() = Uri::from(path);
+                *request.headers_mut() = headers;
+                self.attempt(instance, &target, request, started, timeout)
+                    .await
             }
             Err(reason) => Err(failed(instance, reason)),
         };
@@ -214,27 +210,32 @@ impl Forward {
     async fn attempt(
         &self,
         instance: &Instance,
+        target: &Target,
         request: Request<Full<Bytes>>,
         started: Instant,
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
         let request_timeout = self.inner.request_timeout;
-        let response = tokio::time::timeout(timeout.min(request_timeout), self.send(request)).await;
-        match response {
+        let connections = self.connections();
+        let sent = connections.send(&target.authority, request, started);
+        match tokio::time::timeout(timeout.min(request_timeout), sent).await {
             Err(_) => Err(UpstreamError::Timeout {
                 instance: instance.id.clone(),
             }),
-            // The connection could not be made: the request was certainly not sent.
-            Ok(Err(error)) if error.is_connect() => Err(UpstreamError::Connect {
-                instance: instance.id.clone(),
-            }),
-            Ok(Err(error)) => Err(failed(instance, describe(&error))),
-            Ok(Ok(upstream)) => {
+            Ok(Err(SendError::NotSent(reason))) => {
+                tracing::debug!(instance = %instance.id, %reason, "request not sent");
+                Err(UpstreamError::Connect {
+                    instance: instance.id.clone(),
+                })
+            }
+            Ok(Err(SendError::Broken(reason))) => Err(failed(instance, reason)),
+            Ok(Ok((upstream, lease))) => {
                 let (parts, incoming) = upstream.into_parts();
                 let body = TimedBody {
                     inner: incoming,
                     deadline: started + request_timeout,
                     timer: None,
+                    _lease: lease,
                 };
                 let mut response = Response::new(Body::new(body));
                 *response.status_mut() = parts.status;
@@ -246,23 +247,6 @@ impl Forward {
     }
 }
 
-/// One keep-alive pool for every instance, with the configured timeouts.
-fn build_client(config: &UpstreamConfig) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-    // TCP keepalive as reqwest had it: a pooled connection to a vanished host is noticed.
-    connector.set_keepalive(Some(Duration::from_secs(15)));
-    connector.set_keepalive_interval(Some(Duration::from_secs(15)));
-    connector.set_keepalive_retries(Some(3));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
-        .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        // Evicts idle connections in the background, not only when the pool is next used.
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
 fn failed(instance: &Instance, reason: String) -> UpstreamError {
     UpstreamError::Failed {
         instance: instance.id.clone(),
@@ -270,25 +254,14 @@ fn failed(instance: &Instance, reason: String) -> UpstreamError {
     }
 }
 
-/// An error with its causes, on one line.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// The upstream's answer body, cut off with an error once `request_timeout` has passed since the
 /// request was sent, so an upstream that stalls half way cannot hold the client's connection. The
-/// timer is armed only if the body ever has to wait.
+/// timer is armed only if the body ever has to wait. Dropping it gives the connection back.
 struct TimedBody {
     inner: Incoming,
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    _lease: Lease,
 }
 
 impl hyper::body::Body for TimedBody {

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod exchange;
 pub mod forward;
