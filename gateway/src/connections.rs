@@ -198,6 +198,9 @@ impl Connections {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| not_sent(describe(&e)))?;
+        // Rare when keep-alive works: a rate near the request rate means it does not.
+        metrics::counter!("gateway_upstream_connections_opened_total", "address" => authority.to_owned())
+            .increment(1);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %describe(&error), "upstream connection ended");

@@ -149,6 +149,9 @@ async fn requests_carry_a_request_id_and_are_spread_over_both_instances() -> any
     );
 
     let before = list_requests_per_instance(&platform).await?;
+    // The two requests above opened the first connections to books.
+    let opened_before = metric(gw, "gateway_upstream_connections_opened_total", &[]).await?;
+    assert!(opened_before >= 1.0, "connections opened: {opened_before}");
     for _ in 0..20 {
         client
             .get(format!("{gw}/api/books?limit=1"))
@@ -163,6 +166,15 @@ async fn requests_carry_a_request_id_and_are_spread_over_both_instances() -> any
     assert!(
         served.iter().all(|n| *n >= 5.0),
         "round robin spreads the load: {served:?}"
+    );
+    // Keep-alive to the instances: at most one new connection per instance and serving thread.
+    let opened =
+        metric(gw, "gateway_upstream_connections_opened_total", &[]).await? - opened_before;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let instances = platform.processes("books").len();
+    assert!(
+        opened <= (instances * threads) as f64,
+        "{opened} connections opened for 20 requests"
     );
     Ok(())
 }
