@@ -4,9 +4,9 @@
 //! Why not hyper-util's pooled client: it races a pool checkout against a new connection in a
 //! boxed future per request, hashes its key with SipHash under a pool-wide lock, and spawns a task
 //! per answer to put the connection back. Pooling here is a list per instance: an answered request
-//! takes the newest ready connection and its body puts it back when it is dropped. The bare proxy
-//! executes 21 % fewer instructions and misses the first-level data cache 39 % less this way
-//! (docs/BENCHMARKS.md, "Instructions per request").
+//! takes the newest ready connection and its body puts it back when it is dropped. The gateway
+//! executes 9 % fewer instructions per request this way, the bare proxy 21 % (docs/BENCHMARKS.md,
+//! "Instructions per request").
 //!
 //! What the resilience layers rely on is kept: a request is reported as never sent
 //! ([`SendError::NotSent`]) only when it certainly did not leave — the connection could not be
@@ -227,7 +227,8 @@ fn configure(stream: &TcpStream) -> std::io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// Closes expired idle connections even when no request comes to look at them.
+/// Closes expired idle connections even when no request comes to look at them (so an idle
+/// connection lives at most twice the idle timeout).
 async fn sweep<T>(connections: Weak<Connections>, owner: Weak<T>) {
     let Some(every) = connections
         .upgrade()
@@ -249,7 +250,7 @@ async fn sweep<T>(connections: Weak<Connections>, owner: Weak<T>) {
 }
 
 /// An error with its causes, on one line.
-pub fn describe(error: &dyn std::error::Error) -> String {
+fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
