@@ -1,42 +1,31 @@
-//! An experiment beside `bare_proxy.rs`: the same proxy with hyper's connection-level HTTP/1
-//! client and a plain list of idle connections instead of hyper_util's legacy pooled client — what
-//! the gateway could save by pooling its upstream connections itself (docs/BENCHMARKS.md,
-//! "Instructions per request"). Simplified where the gateway could not be: the answer is read
-//! whole before its connection goes back to the list, and a connection is not retried.
+//! An experiment beside `bare_proxy.rs`: the same proxy on the gateway's own upstream connections
+//! (`gateway::connections`: hyper's connection-level HTTP/1 client and a list of idle connections
+//! per instance) instead of hyper_util's legacy pooled client — the floor under the gateway as it
+//! now forwards (docs/BENCHMARKS.md, "Instructions per request").
 //!
 //! ```text
 //! cargo run --release -p gateway --example bare_conn_proxy -- <listen addr> <upstream ip:port>
 //! ```
 //! prints the address it listens on, then serves until killed.
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use gateway::connections::{Connections, Settings};
 use http::{StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Clone)]
 struct Upstream {
-    addr: SocketAddr,
-    idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
-}
-
-async fn connect(addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream.set_nodelay(true).ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    Some(sender)
+    authority: Arc<str>,
+    connections: Arc<Connections>,
 }
 
 async fn forward(State(upstream): State<Upstream>, request: Request) -> Response {
@@ -46,32 +35,22 @@ async fn forward(State(upstream): State<Upstream>, request: Request) -> Response
     };
     parts.headers.remove(header::CONNECTION);
     let request = http::Request::from_parts(parts, Full::new(body));
-    let idle = loop {
-        let popped = upstream.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match popped {
-            Some(sender) if sender.is_ready() => break Some(sender),
-            Some(_) => continue,
-            None => break None,
-        }
-    };
-    let mut sender = match idle {
-        Some(sender) => sender,
-        None => match connect(upstream.addr).await {
-            Some(sender) => sender,
-            None => return StatusCode::BAD_GATEWAY.into_response(),
-        },
-    };
-    let Ok(response) = sender.send_request(request).await else {
-        return StatusCode::BAD_GATEWAY.into_response();
-    };
-    let (parts, body) = response.into_parts();
-    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
-        return StatusCode::BAD_GATEWAY.into_response();
-    };
-    if let Ok(mut idle) = upstream.idle.lock() {
-        idle.push(sender);
+    let sent = upstream
+        .connections
+        .send(&upstream.authority, request, Instant::now())
+        .await;
+    match sent {
+        // The lease moves into the body, so the connection goes back once the answer is sent.
+        Ok((response, lease)) => response
+            .map(|incoming| {
+                Body::new(incoming.map_frame(move |frame| {
+                    let _held = &lease;
+                    frame
+                }))
+            })
+            .into_response(),
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }
-    Response::from_parts(parts, Body::from(bytes))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,14 +59,20 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: bare_conn_proxy <listen addr> <upstream host:port>");
     };
     let listen: SocketAddr = listen.parse()?;
-    let addr: SocketAddr = upstream.parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Lives as long as the proxy: its connections are never closed for being orphaned.
+        let owner = Arc::new(());
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(1),
+            max_idle_per_instance: 64,
+            idle_timeout: Duration::from_secs(90),
+        };
         let app = axum::Router::new().fallback(forward).with_state(Upstream {
-            addr,
-            idle: Arc::default(),
+            authority: upstream.into(),
+            connections: Connections::new(settings, Arc::downgrade(&owner)),
         });
         let listener = tokio::net::TcpListener::bind(listen).await?;
         println!("{}", listener.local_addr()?);
