@@ -102,7 +102,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     let hidden = quiet
         || std::env::var_os("CI").is_some()
         || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = ProgressBar::new(8);
+    let bar = ProgressBar::new(5);
     if hidden {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
@@ -160,31 +160,45 @@ fn preflight(args: &UpArgs) -> anyhow::Result<()> {
 async fn start(args: &UpArgs, running: &mut Running, progress: &ProgressBar) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the bookstore executable")?;
     let secrets = Secrets::load_or_create(&running.dir)?;
-    step(progress, "starting PostgreSQL");
-    if args.pg_nodes > 1 {
-        start_cluster(args, running, &secrets, progress).await?;
-    } else {
-        start_postgres(running, &secrets).await?;
-    }
+    // PostgreSQL (initdb, start, accounts: most of a start), the cache nodes and the registry need
+    // none of each other, so they start together; the services need all three.
+    step(
+        progress,
+        "starting PostgreSQL, the Redis cache nodes and the registry",
+    );
+    let dir = running.dir.clone();
+    let database = async {
+        if args.pg_nodes > 1 {
+            start_cluster(args, running, &secrets, progress).await
+        } else {
+            start_postgres(running, &secrets).await
+        }
+    };
+    let registry_component = Component {
+        name: "discovery".into(),
+        kind: "discovery",
+        env: vec![(
+            "BOOKSTORE_HTTP__LISTEN",
+            format!("127.0.0.1:{}", args.registry_port),
+        )],
+    };
+    let (database, (redis, cache_nodes), (discovery, registry)) = tokio::join!(
+        database,
+        start_redis(args, &dir),
+        launch_all(&dir, &exe, vec![registry_component]),
+    );
+    record(running, redis.into_iter().chain(discovery))?;
+    database?;
+    let cache_nodes = cache_nodes?;
+    let registry = registry?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("the registry was not started"))?;
     let db_hosts = match &running.state.cluster {
         Some(cluster) => cluster.hosts(),
         None => format!("127.0.0.1:{}", running.state.postgres_port),
     };
-    step(progress, "starting the Redis cache nodes");
-    let cache_nodes = start_redis(args, running).await?;
-    step(progress, "starting the registry");
-    let registry = spawn(
-        running,
-        &exe,
-        "discovery",
-        "discovery",
-        &[(
-            "BOOKSTORE_HTTP__LISTEN",
-            format!("127.0.0.1:{}", args.registry_port),
-        )],
-    )
-    .await?;
     running.state.registry_url = registry.clone();
+    running.state.write(&running.dir)?;
     step(progress, "starting books, orders and coordinator instances");
     let services = [
         (
@@ -370,7 +384,17 @@ async fn start_postgres(running: &mut Running, secrets: &Secrets) -> anyhow::Res
 /// Starts the cache ring's Redis nodes (`redis/<n>/` holds each one's AOF) and empties their cache
 /// database, so the platform never starts on entries an earlier run may have left stale; the
 /// ratings stream's database is kept. Returns the nodes' addresses in ring order.
-async fn start_redis(args: &UpArgs, running: &mut Running) -> anyhow::Result<Vec<String>> {
+async fn start_redis(args: &UpArgs, dir: &Path) -> (Started, anyhow::Result<Vec<String>>) {
+    let mut started = Vec::new();
+    let nodes = start_redis_nodes(args, dir, &mut started).await;
+    (started, nodes)
+}
+
+async fn start_redis_nodes(
+    args: &UpArgs,
+    dir: &Path,
+    started: &mut Started,
+) -> anyhow::Result<Vec<String>> {
     if args.redis_nodes == 0 {
         return Ok(Vec::new());
     }
@@ -379,10 +403,10 @@ async fn start_redis(args: &UpArgs, running: &mut Running) -> anyhow::Result<Vec
     let mut nodes = Vec::new();
     for n in 1..=args.redis_nodes {
         let name = format!("redis-{n}");
-        let log = log_of(&running.dir, &name);
+        let log = log_of(dir, &name);
         let options = crate::redis::RedisOptions {
             name: name.clone(),
-            dir: running.dir.join("redis").join(n.to_string()),
+            dir: dir.join("redis").join(n.to_string()),
             log_file: log.clone(),
             port: 0,
             appendfsync: args.redis_appendfsync.clone(),
@@ -400,11 +424,9 @@ async fn start_redis(args: &UpArgs, running: &mut Running) -> anyhow::Result<Vec
             url: format!("redis://{addr}"),
             log,
         };
-        running.state.processes.push(info.clone());
-        running.children.push((info, server.process));
+        started.push((info, server.process));
         nodes.push(addr);
     }
-    running.state.write(&running.dir)?;
     Ok(nodes)
 }
 
@@ -460,6 +482,10 @@ async fn spawn(
         .ok_or_else(|| anyhow::anyhow!("{name} was not started"))
 }
 
+/// Processes started by a step that ran beside others, not yet recorded in [`Running`] (see
+/// [`record`]); dropped unrecorded, they are killed.
+type Started = Vec<(ProcessInfo, Supervised)>;
+
 /// Starts the components together, waits until every one has its address and is ready, and
 /// records them in the given order (so `status`, the state file and the stop order do not depend
 /// on which was ready first). Returns their base URLs in that order; the first failure, once all
@@ -469,45 +495,67 @@ async fn spawn_all(
     exe: &Path,
     components: Vec<Component>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut started = Vec::new();
+    let (started, urls) = launch_all(&running.dir, exe, components).await;
+    record(running, started)?;
+    urls
+}
+
+/// [`spawn_all`] without recording: every process it started (even after a failure), and the
+/// components' URLs or the first failure.
+async fn launch_all(
+    dir: &Path,
+    exe: &Path,
+    components: Vec<Component>,
+) -> (Started, anyhow::Result<Vec<String>>) {
+    let mut launched = Vec::new();
     let mut failure = None;
     for component in &components {
-        match launch(&running.dir, exe, component) {
-            Ok(child) => started.push((component, child)),
+        match launch(dir, exe, component) {
+            Ok(child) => launched.push((component, child)),
             Err(e) => {
                 failure = Some(e);
                 break;
             }
         }
     }
-    let dir = running.dir.clone();
     let results = futures::future::join_all(
-        started
+        launched
             .iter_mut()
-            .map(|(component, child)| until_ready(&dir, &component.name, child)),
+            .map(|(component, child)| until_ready(dir, &component.name, child)),
     )
     .await;
+    let mut started = Vec::new();
     let mut urls = Vec::new();
-    for ((component, child), result) in started.into_iter().zip(results) {
+    for ((component, child), result) in launched.into_iter().zip(results) {
         let info = ProcessInfo {
             name: component.name.clone(),
             kind: component.kind.into(),
             pid: child.pid().unwrap_or(0),
             url: result.as_ref().map(Clone::clone).unwrap_or_default(),
-            log: log_of(&dir, &component.name),
+            log: log_of(dir, &component.name),
         };
-        running.state.processes.push(info.clone());
-        running.children.push((info, child));
+        started.push((info, child));
         match result {
             Ok(url) => urls.push(url),
             Err(e) => failure = failure.or(Some(e)),
         }
     }
-    if let Some(e) = failure {
-        return Err(e);
+    match failure {
+        Some(e) => (started, Err(e)),
+        None => (started, Ok(urls)),
     }
-    running.state.write(&running.dir)?;
-    Ok(urls)
+}
+
+/// Adds started processes to what `up` stops and to the state file, in the order given.
+fn record(
+    running: &mut Running,
+    started: impl IntoIterator<Item = (ProcessInfo, Supervised)>,
+) -> anyhow::Result<()> {
+    for (info, child) in started {
+        running.state.processes.push(info.clone());
+        running.children.push((info, child));
+    }
+    running.state.write(&running.dir)
 }
 
 fn log_of(dir: &Path, name: &str) -> PathBuf {

@@ -107,3 +107,74 @@ async fn stopping_an_instance_with_sigterm_fails_no_request() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// A start that fails part-way stops what it had started. PostgreSQL here refuses a data directory
+/// it cannot use while the cache nodes and the registry, which start beside it, come up: `up` says
+/// what failed, and none of their processes outlives it.
+#[tokio::test]
+async fn a_start_that_fails_part_way_says_why_and_leaves_no_process_behind() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("pg/data");
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("PG_VERSION"), "15\n")?;
+    let output = tokio::process::Command::new(bookstore())
+        .args([
+            "up",
+            "--quiet",
+            "--gateway-port",
+            "0",
+            "--registry-port",
+            "0",
+        ])
+        .args(["--pg-nodes", "1", "--dir"])
+        .arg(dir.path())
+        .env("BOOKSTORE_NO_MONITORING", "true")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("PostgreSQL exited during start-up"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.trim().lines().count(),
+        2,
+        "the reason and PostgreSQL's own: {stderr}"
+    );
+    let logs = dir.path().join("logs");
+    for started in ["redis-1.log", "redis-3.log", "discovery.log"] {
+        let log = std::fs::read_to_string(logs.join(started))?;
+        assert!(!log.is_empty(), "{started} had started");
+    }
+    assert_eq!(processes_in(dir.path())?, Vec::<String>::new());
+    Ok(())
+}
+
+/// Processes (but this one) that run in `dir`, were given a path in it, or have it in their
+/// environment: redis-server runs in its node's directory, each of ours gets its port file's path.
+fn processes_in(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let dir = std::fs::canonicalize(dir)?;
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let path = entry?.path();
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let read = |name: &str| std::fs::read(path.join(name)).unwrap_or_default();
+        let cwd = std::fs::read_link(path.join("cwd")).unwrap_or_default();
+        let mentions = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).contains(&needle);
+        if cwd.starts_with(&dir) || mentions(read("cmdline")) || mentions(read("environ")) {
+            let cmdline = String::from_utf8_lossy(&read("cmdline")).replace('\0', " ");
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    Ok(found)
+}
