@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::{bookstore, start};
+use crate::{bookstore, start, up_command};
 
 #[tokio::test]
 async fn status_lists_every_process_as_ready() -> anyhow::Result<()> {
@@ -49,18 +49,7 @@ async fn status_lists_every_process_as_ready() -> anyhow::Result<()> {
 async fn a_second_up_in_the_same_directory_or_on_a_busy_port_explains_itself() -> anyhow::Result<()>
 {
     let platform = start().await?;
-    let second = Command::new(bookstore())
-        .args([
-            "up",
-            "--quiet",
-            "--gateway-port",
-            "0",
-            "--registry-port",
-            "0",
-            "--dir",
-        ])
-        .arg(platform.dir())
-        .output()?;
+    let second = up_command(platform.dir(), "0").output()?;
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("already running"), "{stderr}");
@@ -73,18 +62,7 @@ async fn a_second_up_in_the_same_directory_or_on_a_busy_port_explains_itself() -
         .unwrap_or_default()
         .to_owned();
     let other_dir = tempfile::tempdir()?;
-    let busy = Command::new(bookstore())
-        .args([
-            "up",
-            "--quiet",
-            "--registry-port",
-            "0",
-            "--gateway-port",
-            &busy_port,
-            "--dir",
-        ])
-        .arg(other_dir.path())
-        .output()?;
+    let busy = up_command(other_dir.path(), &busy_port).output()?;
     assert!(!busy.status.success());
     let stderr = String::from_utf8_lossy(&busy.stderr);
     assert!(

@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::{admin_token, all_books, bookstore, client, start};
+use crate::{admin_token, all_books, bookstore, client, start, up_command};
 
 fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
@@ -117,20 +117,10 @@ async fn a_start_that_fails_part_way_says_why_and_leaves_no_process_behind() -> 
     let data = dir.path().join("pg/data");
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("PG_VERSION"), "15\n")?;
-    let output = tokio::process::Command::new(bookstore())
-        .args([
-            "up",
-            "--quiet",
-            "--gateway-port",
-            "0",
-            "--registry-port",
-            "0",
-        ])
-        .args(["--pg-nodes", "1", "--dir"])
-        .arg(dir.path())
-        .env("BOOKSTORE_NO_MONITORING", "true")
-        .output()
-        .await?;
+    let mut up = up_command(dir.path(), "0");
+    up.args(["--pg-nodes", "1"])
+        .env("BOOKSTORE_NO_MONITORING", "true");
+    let output = tokio::process::Command::from(up).output().await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(

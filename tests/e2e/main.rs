@@ -34,6 +34,18 @@ pub async fn start() -> anyhow::Result<TestPlatform> {
     TestPlatform::start(bookstore()).await
 }
 
+/// `bookstore up --quiet` in `dir` with the gateway on `gateway_port` and the registry on any free
+/// port, for the tests that run `up` themselves to see how it fails.
+pub fn up_command(dir: &Path, gateway_port: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(bookstore());
+    command
+        .args(["up", "--quiet", "--registry-port", "0", "--gateway-port"])
+        .arg(gateway_port)
+        .arg("--dir")
+        .arg(dir);
+    command
+}
+
 /// A client that never follows redirects and times out, so a hung server fails the test.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
