@@ -127,6 +127,10 @@ impl MemberSpec {
             // A frozen synchronous standby would otherwise stall commits for the 60 s default.
             "wal_sender_timeout": "5s",
             "wal_receiver_status_interval": "1s",
+            // A replica whose streaming failed (its slot not yet made by the leader's next cycle, a
+            // new primary not yet up) tries again after this, not the default 5 s: each new
+            // replica lost those 5 s at start, and every replica after a failover.
+            "wal_retrieve_retry_interval": "1s",
             "password_encryption": "scram-sha-256",
         });
         if !self.durable {
