@@ -390,6 +390,8 @@ async fn start_redis(args: &UpArgs, dir: &Path) -> (Started, anyhow::Result<Vec<
     (started, nodes)
 }
 
+/// [`start_redis`]'s work: each node goes into `started` once it is up and emptied, so a failure
+/// part-way still hands back the nodes before it to be stopped.
 async fn start_redis_nodes(
     args: &UpArgs,
     dir: &Path,
