@@ -4,10 +4,28 @@
 # Installs what is missing first. Quiet on success, loud on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --test
 
 target=${CARGO_TARGET_DIR:-target}
-step() { echo "==> $*"; }
+# Each step's wall time, printed when the script exits (pass or fail), so a slow CI run says where
+# its minutes went.
+timings=() current="" since=$SECONDS
+step() {
+  [[ -n $current ]] && timings+=("$((SECONDS - since)) s  $current")
+  current=$*
+  since=$SECONDS
+  [[ -n $current ]] && echo "==> $*"
+  return 0
+}
+report_times() {
+  step ""
+  echo "==> wall time per step:"
+  printf '    %s\n' "${timings[@]}"
+}
+cleanup=(report_times)
+trap 'for action in "${cleanup[@]}"; do $action; done' EXIT
+
+step "install what is missing (scripts/setup.sh)"
+scripts/setup.sh --test
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,7 +50,8 @@ memory_scratch() {
 if [[ -z "${TMPDIR:-}" ]] && scratch=$(memory_scratch); then
   # The database user (when run as root) must be able to pass through to the directories in it.
   chmod 711 "$scratch"
-  trap 'rm -rf "$scratch"' EXIT
+  remove_scratch() { rm -rf "$scratch"; }
+  cleanup=(remove_scratch "${cleanup[@]}")
   export TMPDIR=$scratch
   echo "    test scratch in memory: $scratch"
 fi

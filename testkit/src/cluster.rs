@@ -119,4 +119,57 @@ mod tests {
         assert_eq!(max_prepared, "100");
         Ok(())
     }
+
+    /// `up` starts the services only once every replica has replayed the accounts' databases:
+    /// a replica whose replay is paused holds `wait_replayed` up until replay resumes, and the
+    /// database is there on it when the wait returns. Still paused, the wait gives up after its
+    /// time without failing the start. (In Patroni's maintenance mode, which leaves a paused
+    /// replay paused.)
+    #[tokio::test]
+    async fn wait_replayed_returns_once_every_replica_has_the_new_database() -> anyhow::Result<()> {
+        let test = TestCluster::start(2).await?;
+        let leader = test.leader().await?;
+        let replica = test
+            .cluster()
+            .members
+            .iter()
+            .find(|m| m.spec.name != leader.spec.name)
+            .ok_or_else(|| anyhow::anyhow!("no replica"))?;
+        // Patroni resumes a paused replay on its next loop (PostgreSQL 14+), except in maintenance.
+        test.cluster()
+            .set_maintenance(true, Duration::from_secs(30))
+            .await?;
+        let on_replica = test.admin_pool(replica, "postgres").await?;
+        sqlx::query("SELECT pg_wal_replay_pause()")
+            .execute(&on_replica)
+            .await?;
+        let on_leader = test.admin_pool(leader, "postgres").await?;
+        sqlx::query("CREATE DATABASE late")
+            .execute(&on_leader)
+            .await?;
+
+        test.cluster()
+            .wait_replayed(Duration::from_millis(300))
+            .await?;
+        let late_url = test.cluster().admin_url(replica, "late");
+        let early = sqlx::PgPool::connect(&late_url).await;
+        assert!(early.is_err(), "the paused replica cannot have `late` yet");
+
+        let resume = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sqlx::query("SELECT pg_wal_replay_resume()")
+                .execute(&on_replica)
+                .await
+        });
+        test.cluster()
+            .wait_replayed(Duration::from_secs(30))
+            .await?;
+        let late = sqlx::PgPool::connect(&late_url).await?;
+        late.close().await;
+        resume.await??;
+        test.cluster()
+            .set_maintenance(false, Duration::from_secs(30))
+            .await?;
+        Ok(())
+    }
 }

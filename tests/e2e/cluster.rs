@@ -378,6 +378,28 @@ async fn wait_rejoined(
     }
 }
 
+/// `up` waits for every replica to replay the accounts before it starts the services, so no
+/// service's first probe asks a replica for a database it does not have yet (PostgreSQL logs each
+/// such connection as a FATAL, into Patroni's log).
+fn assert_no_missing_database(member: &MemberInfo) -> anyhow::Result<()> {
+    let dir = member
+        .data_dir
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no member directory", member.name))?;
+    let log = std::fs::read_to_string(dir.join("patroni.log"))?;
+    let missing: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("FATAL:  database \"") && line.contains("does not exist"))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{} was asked for a database it had not replayed yet:\n{}",
+        member.name,
+        missing.join("\n")
+    );
+    Ok(())
+}
+
 fn cluster_info(platform: &TestPlatform) -> anyhow::Result<ClusterInfo> {
     let info = platform
         .state()
@@ -413,6 +435,9 @@ impl Scene {
     async fn start(email: &str) -> anyhow::Result<Scene> {
         let platform = TestPlatform::start_cluster(bookstore(), &[]).await?;
         let info = cluster_info(&platform)?;
+        for member in &info.members {
+            assert_no_missing_database(member)?;
+        }
         let gateway = platform.gateway_url().to_owned();
         let (id, token) = new_customer(&client(), &gateway, email, "cluster-pass-1").await?;
         let primary = leader(&info).await?;

@@ -82,6 +82,9 @@ pub async fn start_for_up(
     let cluster = super::start(&options, on_step).await?;
     on_step("applying the database accounts");
     apply_accounts(&cluster, secrets).await?;
+    cluster
+        .wait_replayed(std::time::Duration::from_secs(10))
+        .await?;
     let info = cluster.info();
     Ok((cluster, info))
 }

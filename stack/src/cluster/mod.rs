@@ -347,6 +347,65 @@ impl Cluster {
         }
     }
 
+    /// Waits until every replica has replayed what the leader has written so far. After the
+    /// accounts are applied this means every replica has the new databases: a service's first
+    /// probe of a replica otherwise asks for a database the replica has not replayed yet, and the
+    /// replica logs a FATAL for it. Each replica is asked itself (`pg_last_wal_replay_lsn()`): the
+    /// leader's `pg_stat_replication` learns a replay position only from the replica's next status
+    /// message, up to `wal_receiver_status_interval` (10 s) later. A replica that is still behind
+    /// when `within` runs out is only reported: it catches up by itself, and the services keep it
+    /// out of eventual reads until it does.
+    pub async fn wait_replayed(&self, within: Duration) -> anyhow::Result<()> {
+        let leader = self.wait_for_leader(within).await?;
+        let target: String = {
+            let options = PgConnectOptions::from_str(&self.admin_url(leader, "postgres"))?;
+            let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+            let lsn = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+                .fetch_one(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+            lsn
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        for member in self
+            .members
+            .iter()
+            .filter(|m| m.spec.name != leader.spec.name)
+        {
+            while !self.has_replayed(member, &target).await {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        member = %member.spec.name,
+                        lsn = %target,
+                        "the replica has not replayed the accounts yet; it will catch up by itself"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `member` has replayed the WAL up to `lsn` (false while it cannot be asked).
+    async fn has_replayed(&self, member: &Member, lsn: &str) -> bool {
+        let check = async {
+            let options = PgConnectOptions::from_str(&self.admin_url(member, "postgres"))?;
+            let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+            let replayed: Option<bool> =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                    .bind(lsn)
+                    .fetch_one(&mut conn)
+                    .await?;
+            let _ = conn.close().await;
+            anyhow::Ok(replayed == Some(true))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), check).await,
+            Ok(Ok(true))
+        )
+    }
+
     /// Whether Patroni has recorded a synchronous standby (its `/sync` key, shown as a role).
     async fn sync_standby_named(&self) -> bool {
         self.view()
