@@ -304,9 +304,14 @@ impl Cluster {
         matches!(self.query_bool(member, sql).await, Ok(true))
     }
 
-    async fn query_bool(&self, member: &Member, sql: &'static str) -> anyhow::Result<bool> {
+    /// A one-off superuser connection to `member`'s `postgres` database.
+    async fn admin_connection(&self, member: &Member) -> anyhow::Result<sqlx::PgConnection> {
         let options = PgConnectOptions::from_str(&self.admin_url(member, "postgres"))?;
-        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        Ok(sqlx::PgConnection::connect_with(&options).await?)
+    }
+
+    async fn query_bool(&self, member: &Member, sql: &'static str) -> anyhow::Result<bool> {
+        let mut conn = self.admin_connection(member).await?;
         let value: bool = sqlx::query_scalar(sql).fetch_one(&mut conn).await?;
         let _ = conn.close().await;
         Ok(value)
@@ -358,8 +363,7 @@ impl Cluster {
     pub async fn wait_replayed(&self, within: Duration) -> anyhow::Result<()> {
         let leader = self.wait_for_leader(within).await?;
         let target: String = {
-            let options = PgConnectOptions::from_str(&self.admin_url(leader, "postgres"))?;
-            let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+            let mut conn = self.admin_connection(leader).await?;
             let lsn = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
                 .fetch_one(&mut conn)
                 .await?;
@@ -390,8 +394,7 @@ impl Cluster {
     /// Whether `member` has replayed the WAL up to `lsn` (false while it cannot be asked).
     async fn has_replayed(&self, member: &Member, lsn: &str) -> bool {
         let check = async {
-            let options = PgConnectOptions::from_str(&self.admin_url(member, "postgres"))?;
-            let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+            let mut conn = self.admin_connection(member).await?;
             let replayed: Option<bool> =
                 sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
                     .bind(lsn)
